@@ -1,0 +1,106 @@
+"""2-D axial-attention: a height pass followed by a width pass."""
+
+import keras
+from keras import ops
+
+from axial_tf.layers.axial_attention import AxialAttention
+
+
+def _pair(value, name):
+    if value is None or isinstance(value, int):
+        return value, value
+    if len(value) != 2:
+        raise ValueError(f"{name} must be an int, None or a pair (height, width), got {value!r}.")
+    return tuple(value)
+
+
+@keras.saving.register_keras_serializable(package="axial_tf")
+class AxialAttention2D(keras.layers.Layer):
+    """Factorised 2-D self-attention on `[B, H, W, C]` inputs.
+
+    The height pass attends along H (every column independently), the width pass
+    along W (every row independently); there is no normalisation between them.
+    With `strides > 1` the rows are subsampled after the height pass and the
+    columns after the width pass (rows/columns `0, s, 2s, ...`), so the output is
+    `[B, ceil(H/s), ceil(W/s), filters * value_expansion]`.
+
+    Args:
+        filters: base width; keys get `round(filters * key_expansion)` channels and
+            values (and the output) `round(filters * value_expansion)`.
+        num_heads: attention heads of each pass.
+        key_expansion: key width relative to `filters`.
+        value_expansion: value width relative to `filters`.
+        span: `None` (global) or an odd local window, or a (height, width) pair.
+        strides: output stride (subsampling after each pass).
+        **kwargs: further `AxialAttention` arguments (e.g. `max_span`,
+            `sync_batch_norm`, `query_block_size`) shared by both passes, and
+            standard layer arguments (`name`, `dtype`).
+
+    Example:
+    >>> layer = AxialAttention2D(filters=16, num_heads=4, strides=2)
+    >>> y = layer(keras.random.normal((2, 9, 11, 8)))  # [2, 5, 6, 32]
+    """
+
+    def __init__(
+        self, filters, num_heads=8, key_expansion=1, value_expansion=2, span=None, strides=1, **kwargs
+    ):
+        layer_kwargs = {k: kwargs.pop(k) for k in ("name", "dtype", "trainable") if k in kwargs}
+        super().__init__(**layer_kwargs)
+        if strides < 1:
+            raise ValueError(f"strides must be >= 1, got {strides}.")
+        self.filters = int(filters)
+        self.num_heads = int(num_heads)
+        self.key_expansion = key_expansion
+        self.value_expansion = value_expansion
+        self.span = span
+        self.strides = int(strides)
+        self.attention_kwargs = dict(kwargs)
+        self.total_key_depth = int(round(filters * key_expansion))
+        self.total_value_depth = int(round(filters * value_expansion))
+        height_span, width_span = _pair(span, "span")
+        axis_args = dict(
+            total_key_depth=self.total_key_depth,
+            total_value_depth=self.total_value_depth,
+            num_heads=self.num_heads,
+            dtype=self.dtype_policy,
+            **kwargs,
+        )
+        self.height_axis = AxialAttention(span=height_span, name="height_axis", **axis_args)
+        self.width_axis = AxialAttention(span=width_span, name="width_axis", **axis_args)
+
+    def build(self, input_shape):
+        self.height_axis.build((None, None, input_shape[-1]))
+        self.width_axis.build((None, None, self.total_value_depth))
+
+    def call(self, inputs, training=None):
+        batch, height, width = ops.shape(inputs)[0], ops.shape(inputs)[1], ops.shape(inputs)[2]
+        # Height pass: every column is a sequence along H.
+        columns = ops.transpose(inputs, (0, 2, 1, 3))  # [B, W, H, C]
+        columns = ops.reshape(columns, (batch * width, height, inputs.shape[-1]))
+        columns = self.height_axis(columns, training=training)  # [B*W, H, Dv]
+        columns = columns[:, :: self.strides]
+        height = ops.shape(columns)[1]
+        rows = ops.reshape(columns, (batch, width, height, self.total_value_depth))
+        # Width pass: every row is a sequence along W.
+        rows = ops.transpose(rows, (0, 2, 1, 3))  # [B, H', W, Dv]
+        rows = ops.reshape(rows, (batch * height, width, self.total_value_depth))
+        rows = self.width_axis(rows, training=training)[:, :: self.strides]  # [B*H', W', Dv]
+        return ops.reshape(rows, (batch, height, ops.shape(rows)[1], self.total_value_depth))
+
+    def compute_output_shape(self, input_shape):
+        def strided(size):
+            return None if size is None else -(-size // self.strides)
+
+        return (input_shape[0], strided(input_shape[1]), strided(input_shape[2]), self.total_value_depth)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "num_heads": self.num_heads,
+            "key_expansion": self.key_expansion,
+            "value_expansion": self.value_expansion,
+            "span": self.span,
+            "strides": self.strides,
+            **self.attention_kwargs,
+        }

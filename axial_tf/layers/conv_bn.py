@@ -1,0 +1,140 @@
+"""Convolution + batch norm (+ activation) with DeepLab-aligned padding."""
+
+import keras
+from keras import ops
+
+
+def same_padding(kernel_size, dilation_rate):
+    """(before, after) zero padding that centres a kernel like DeepLab2's Conv2DSame.
+
+    A strided convolution pads `(k_eff - 1) // 2` before and the rest after, where
+    `k_eff = k + (k - 1) * (dilation - 1)`; this keeps feature maps aligned across
+    output strides (pixel 0 of every stride sits on input pixel 0).
+    """
+    effective = kernel_size + (kernel_size - 1) * (dilation_rate - 1)
+    before = (effective - 1) // 2
+    return before, effective - 1 - before
+
+
+@keras.saving.register_keras_serializable(package="axial_tf")
+class ConvBN(keras.layers.Layer):
+    """Bias-free 2-D convolution, batch norm and an optional activation.
+
+    Strided convolutions pad explicitly (see `same_padding`) and then use "valid"
+    padding, so outputs are `ceil(H / s)` and aligned as in DeepLab2; stride 1
+    uses "same" padding, which is identical.
+
+    Args:
+        filters: output channels (ignored when `depthwise=True`).
+        kernel_size: square kernel size.
+        strides: convolution stride.
+        dilation_rate: atrous rate.
+        activation: `None` or a Keras activation name (e.g. "relu").
+        depthwise: a depthwise convolution (channel multiplier 1) instead.
+        use_batch_norm: apply batch norm (otherwise the conv gets a bias).
+        batch_norm_momentum: BN momentum.
+        batch_norm_epsilon: BN epsilon.
+        sync_batch_norm: synchronised BN across replicas.
+        gamma_initializer: BN gamma initializer ("zeros" for the last BN of a
+            residual branch, so each block starts as the identity).
+        **kwargs: standard layer arguments.
+
+    Example:
+    >>> layer = ConvBN(32, kernel_size=3, strides=2, activation="relu")
+    >>> y = layer(keras.random.normal((1, 9, 9, 8)))  # [1, 5, 5, 32]
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size=1,
+        strides=1,
+        dilation_rate=1,
+        activation=None,
+        depthwise=False,
+        use_batch_norm=True,
+        batch_norm_momentum=0.99,
+        batch_norm_epsilon=1e-3,
+        sync_batch_norm=False,
+        gamma_initializer="ones",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if strides > 1 and dilation_rate > 1:
+            raise ValueError(f"{self.name}: strides={strides} and dilation_rate={dilation_rate} cannot both exceed 1.")
+        self.filters = filters
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.dilation_rate = int(dilation_rate)
+        self.activation = activation
+        self.depthwise = depthwise
+        self.use_batch_norm = use_batch_norm
+        self.batch_norm_momentum = batch_norm_momentum
+        self.batch_norm_epsilon = batch_norm_epsilon
+        self.sync_batch_norm = sync_batch_norm
+        self.gamma_initializer = gamma_initializer
+        self.explicit_padding = self.strides > 1 and self.kernel_size > 1
+        conv_args = dict(
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            dilation_rate=self.dilation_rate,
+            padding="valid" if self.explicit_padding else "same",
+            use_bias=not use_batch_norm,
+            name="conv",
+            dtype=self.dtype_policy,
+        )
+        if depthwise:
+            self.conv = keras.layers.DepthwiseConv2D(depthwise_initializer="he_normal", **conv_args)
+        else:
+            self.conv = keras.layers.Conv2D(filters, kernel_initializer="he_normal", **conv_args)
+        self.batch_norm = (
+            keras.layers.BatchNormalization(
+                momentum=batch_norm_momentum,
+                epsilon=batch_norm_epsilon,
+                synchronized=sync_batch_norm,
+                gamma_initializer=gamma_initializer,
+                name="batch_norm",
+                dtype=self.dtype_policy,
+            )
+            if use_batch_norm
+            else None
+        )
+        self.activation_fn = keras.activations.get(activation)
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        if self.batch_norm is not None:
+            self.batch_norm.build(self.conv.compute_output_shape(input_shape))
+
+    def call(self, inputs, training=None):
+        x = inputs
+        if self.explicit_padding:
+            before, after = same_padding(self.kernel_size, self.dilation_rate)
+            x = ops.pad(x, ((0, 0), (before, after), (before, after), (0, 0)))
+        x = self.conv(x)
+        if self.batch_norm is not None:
+            x = self.batch_norm(x, training=training)
+        return self.activation_fn(x)
+
+    def compute_output_shape(self, input_shape):
+        def out(size):
+            return None if size is None else -(-size // self.strides)
+
+        channels = input_shape[-1] if self.depthwise else self.filters
+        return (input_shape[0], out(input_shape[1]), out(input_shape[2]), channels)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "dilation_rate": self.dilation_rate,
+            "activation": self.activation,
+            "depthwise": self.depthwise,
+            "use_batch_norm": self.use_batch_norm,
+            "batch_norm_momentum": self.batch_norm_momentum,
+            "batch_norm_epsilon": self.batch_norm_epsilon,
+            "sync_batch_norm": self.sync_batch_norm,
+            "gamma_initializer": self.gamma_initializer,
+        }

@@ -1,0 +1,32 @@
+"""Installs axial_tf: `pip install -e .` (add `[torch]` to read PyTorch checkpoints)."""
+
+import pathlib
+
+import setuptools
+
+_ROOT = pathlib.Path(__file__).parent
+
+
+def _requirements():
+    """The runtime pins of requirements.txt (pytest is only for the suite)."""
+    lines = (_ROOT / "requirements.txt").read_text().splitlines()
+    pins = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return [pin for pin in pins if not pin.startswith("pytest")]
+
+
+setuptools.setup(
+      name="axial_tf",
+      version="0.1.0",
+      description="Axial-DeepLab and Axial-ResNet for TensorFlow 2 / Keras 3.",
+      long_description=(_ROOT / "README.md").read_text(),
+      long_description_content_type="text/markdown",
+      packages=setuptools.find_packages(include=["axial_tf", "axial_tf.*"]),
+      python_requires=">=3.11",
+      install_requires=_requirements(),
+      extras_require={
+          "torch": ["torch>=2.4"],
+          "coco": ["pycocotools==2.0.11"],
+          "test": ["pytest==9.2.0"],
+      },
+      license="Apache-2.0",
+)

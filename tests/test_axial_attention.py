@@ -1,0 +1,160 @@
+"""AxialAttention against a numpy oracle, plus length, span and precision behaviour."""
+
+import numpy as np
+import pytest
+
+import keras
+from axial_tf.layers import AxialAttention, RelativePositionalEncoding
+from numpy_attention_oracle import attention_1d
+
+HEADS, KEY_DEPTH, VALUE_DEPTH, CHANNELS = 2, 8, 12, 6
+
+
+def _randomise(layer, seed):
+    """Random weights with non-trivial BN statistics (so the BNs matter)."""
+    rng = np.random.default_rng(seed)
+    for variable in layer.weights:
+        shape = variable.shape
+        if variable.path.endswith("moving_variance"):
+            value = rng.uniform(0.5, 1.5, shape)
+        elif variable.path.endswith("gamma"):
+            value = rng.uniform(0.5, 1.5, shape)
+        elif variable.path.endswith("embeddings"):
+            value = rng.normal(0, 0.5, shape)
+        else:
+            value = rng.normal(0, 0.3, shape)
+        variable.assign(value.astype("float32"))
+
+
+def _oracle_weights(layer):
+    def bn(b):
+        return {n: np.asarray(getattr(b, n), np.float64) for n in ("gamma", "beta", "moving_mean", "moving_variance")}
+
+    return {
+        "qkv_kernel": np.asarray(layer.qkv_kernel, np.float64),
+        "bn_qkv": bn(layer.batch_norm_qkv),
+        "bn_similarity": bn(layer.batch_norm_similarity),
+        "bn_output": bn(layer.batch_norm_retrieved_output),
+        "rq": np.asarray(layer.query_rpe.embeddings, np.float64),
+        "rk": np.asarray(layer.key_rpe.embeddings, np.float64),
+        "rv": np.asarray(layer.value_rpe.embeddings, np.float64),
+    }
+
+
+def _layer(span=None, seed=0, max_span=8, **kwargs):
+    layer = AxialAttention(KEY_DEPTH, VALUE_DEPTH, HEADS, span=span, max_span=max_span, **kwargs)
+    layer.build((None, None, CHANNELS))
+    _randomise(layer, seed)
+    return layer
+
+
+def _input(length, batch=3, seed=1):
+    return np.random.default_rng(seed).normal(size=(batch, length, CHANNELS)).astype("float32")
+
+
+# Lengths beyond max_span (8) exercise the clipped table rows.
+@pytest.mark.parametrize("span,length,block", [(None, 7, None), (None, 11, None), (3, 9, None), (5, 13, 4), (7, 6, 2)])
+@pytest.mark.parametrize("training", [False, True])
+def test_matches_numpy_oracle(span, length, block, training):
+    layer = _layer(span, query_block_size=block)
+    x = _input(length)
+    ours = np.asarray(layer(x, training=training))
+    expected = attention_1d(x.astype(np.float64), _oracle_weights(layer) if not training else _oracle_weights_before(layer, x), HEADS, span, training=training)
+    np.testing.assert_allclose(ours, expected, atol=1e-5, rtol=0)
+
+
+def _oracle_weights_before(layer, x):
+    """Weights as they were before a training call updated the moving statistics."""
+    fresh = _layer(layer.span, query_block_size=layer.query_block_size)
+    return _oracle_weights(fresh)
+
+
+def test_local_span_covering_axis_equals_global():
+    length = 7
+    x = _input(length)
+    global_layer = _layer(None)
+    local_layer = _layer(2 * length - 1)
+    for training in (False, True):
+        np.testing.assert_allclose(
+            np.asarray(local_layer(x, training=training)), np.asarray(global_layer(x, training=training)), atol=1e-5
+        )
+
+
+def test_query_block_size_does_not_change_result():
+    x = _input(17)
+    reference = np.asarray(_layer(5, query_block_size=1)(x))
+    for block in (2, 5, 8, 17, 40):
+        np.testing.assert_allclose(np.asarray(_layer(5, query_block_size=block)(x)), reference, atol=1e-5)
+
+
+@pytest.mark.parametrize("span", [None, 5])
+def test_length_change_after_build_is_correct(span):
+    layer = _layer(span)
+    layer(_input(12))  # first call fixes nothing about the length
+    short = _input(5, seed=7)
+    fresh = _layer(span)  # same seed -> same weights, first called at length 5
+    np.testing.assert_allclose(np.asarray(layer(short)), np.asarray(fresh(short)), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(layer(short)), attention_1d(short.astype(np.float64), _oracle_weights(layer), HEADS, span), atol=1e-5
+    )
+
+
+def test_relative_positional_encoding_indexing_and_clipping():
+    rpe = RelativePositionalEncoding(depth=2, max_span=3)  # offsets -2..2
+    rpe.embeddings.assign(np.arange(10, dtype="float32").reshape(5, 2))
+    table = np.asarray(rpe.table(2, 6))
+    rows = table[..., 0] / 2  # row index of each (query, key) pair
+    expected = np.clip(np.arange(6)[None, :] - np.arange(2)[:, None], -2, 2) + 2
+    np.testing.assert_array_equal(rows, expected)
+    shifted = np.asarray(rpe.table(2, 3, key_start=-1))[..., 0] / 2
+    np.testing.assert_array_equal(shifted, np.clip(np.arange(3)[None] - 1 - np.arange(2)[:, None], -2, 2) + 2)
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [
+        dict(use_content_similarity=False),
+        dict(use_query_rpe_similarity=False, use_key_rpe_similarity=False),
+        dict(retrieve_value_rpe=False),
+        dict(retrieve_value_content=False),
+    ],
+)
+def test_term_switches_change_bn_channels(switches):
+    layer = AxialAttention(KEY_DEPTH, VALUE_DEPTH, HEADS, **switches)
+    y = layer(_input(5))
+    assert y.shape == (3, 5, VALUE_DEPTH)
+    assert layer.batch_norm_similarity.gamma.shape[0] == layer.num_similarity_terms * HEADS
+    assert layer.batch_norm_retrieved_output.gamma.shape[0] == layer.num_retrieval_terms * VALUE_DEPTH
+    assert (layer.query_rpe is None) == (not switches.get("use_query_rpe_similarity", True))
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(span=4), "odd"),
+        (dict(num_heads=3), "divide"),
+        (dict(use_content_similarity=False, use_query_rpe_similarity=False, use_key_rpe_similarity=False), "similarity"),
+        (dict(retrieve_value_content=False, retrieve_value_rpe=False), "retrieve"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, message):
+    args = dict(total_key_depth=KEY_DEPTH, total_value_depth=VALUE_DEPTH, num_heads=HEADS)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        AxialAttention(**args)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("span", [None, 3])
+def test_mixed_precision_close_to_float32(policy, span):
+    x = _input(9)
+    reference_inference = np.asarray(_layer(span)(x))
+    reference_training = np.asarray(_layer(span)(x, training=True))
+    keras.mixed_precision.set_global_policy(policy)
+    layer = _layer(span)
+    assert layer.batch_norm_similarity.compute_dtype == "float32"
+    tolerance = 0.05 if policy == "mixed_float16" else 0.3
+    for training, reference in ((False, reference_inference), (True, reference_training)):
+        y = layer(x, training=training)
+        assert keras.backend.standardize_dtype(y.dtype) == policy.split("_")[1]
+        np.testing.assert_allclose(np.asarray(y, np.float32), reference, atol=tolerance)

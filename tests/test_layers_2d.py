@@ -1,0 +1,151 @@
+"""AxialAttention2D, AxialBlock, ConvBN and DropPath: shapes, saving, training, XLA, precision."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import keras
+import tensorflow as tf
+import axial_tf
+from axial_tf.layers import AxialAttention2D, AxialBlock, ConvBN, DropPath
+
+
+def _image(shape, seed=0):
+    return np.random.default_rng(seed).normal(size=shape).astype("float32")
+
+
+@pytest.mark.parametrize("height,width", [(9, 11), (7, 4), (1, 5), (16, 15)])
+@pytest.mark.parametrize("strides", [1, 2, 3])
+def test_strided_attention_shapes(height, width, strides):
+    layer = AxialAttention2D(filters=4, num_heads=2, strides=strides, span=(None, 3))
+    y = layer(_image((2, height, width, 5)))
+    expected = (2, -(-height // strides), -(-width // strides), 8)
+    assert tuple(y.shape) == expected
+    assert layer.compute_output_shape((2, height, width, 5)) == expected
+
+
+def test_two_passes_equal_manual_composition():
+    layer = AxialAttention2D(filters=4, num_heads=2, strides=2)
+    x = _image((2, 5, 7, 3))
+    y = np.asarray(layer(x))
+    columns = np.transpose(x, (0, 2, 1, 3)).reshape(14, 5, 3)
+    h = np.asarray(layer.height_axis(columns)).reshape(2, 7, 5, 8)[:, :, ::2]
+    rows = np.transpose(h, (0, 2, 1, 3)).reshape(6, 7, 8)
+    w = np.asarray(layer.width_axis(rows))[:, ::2].reshape(2, 3, 4, 8)
+    np.testing.assert_allclose(y, w, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,strides,dilation,size", [(3, 2, 1, 9), (3, 2, 1, 10), (7, 2, 1, 11), (3, 1, 2, 8), (1, 2, 1, 7)])
+def test_conv_bn_matches_deeplab_padding(kernel, strides, dilation, size):
+    layer = ConvBN(3, kernel_size=kernel, strides=strides, dilation_rate=dilation, use_batch_norm=False)
+    x = _image((1, size, size, 2))
+    y = np.asarray(layer(x))
+    effective = kernel + (kernel - 1) * (dilation - 1)
+    before = (effective - 1) // 2
+    padded = np.pad(x, ((0, 0), (before, effective - 1 - before), (before, effective - 1 - before), (0, 0)))
+    expected = tf.nn.conv2d(padded, layer.conv.kernel, strides, "VALID", dilations=dilation) + layer.conv.bias
+    np.testing.assert_allclose(y, expected, atol=1e-5)
+    assert y.shape[1] == -(-size // strides)
+
+
+def test_drop_path_unknown_batch_and_expectation():
+    drop = DropPath(keep_prob=0.75, seed=3)
+    fn = tf.function(lambda x: drop(x, training=True), input_signature=[tf.TensorSpec([None, 2, 2, 1])])
+    y = np.asarray(fn(np.ones((4000, 2, 2, 1), "float32")))
+    per_sample = y.reshape(4000, -1)
+    assert np.all((per_sample == 0).all(1) | np.isclose(per_sample, 1 / 0.75).all(1))  # whole samples dropped
+    assert abs(per_sample.mean() - 1.0) < 0.05
+    np.testing.assert_array_equal(np.asarray(drop(np.ones((3, 2), "float32"))), np.ones((3, 2)))
+
+
+@pytest.mark.parametrize(
+    "filters,attention",
+    [([8, 4, 16], {"num_heads": 2}), ([8, 4, 16], {"num_heads": 2, "span": 3}), ([4, 4, 16], None), ([16, 16], None)],
+)
+@pytest.mark.parametrize("strides", [1, 2])
+def test_block_shapes_and_identity_start(filters, attention, strides):
+    block = AxialBlock(filters, strides=strides, attention=attention)
+    x = _image((2, 7, 9, 16))
+    y = np.asarray(block(x))
+    assert y.shape == (2, -(-7 // strides), -(-9 // strides), 16)
+    # Zero-initialised last gamma: a fresh block is ReLU(input), subsampled.
+    np.testing.assert_allclose(y, np.maximum(x, 0)[:, ::strides, ::strides], atol=1e-6)
+
+
+def _user_model():
+    inputs = keras.Input((None, None, 3))
+    x = ConvBN(16, 3, strides=2, activation="relu", name="stem")(inputs)
+    x = AxialBlock([16, 8, 16], attention={"num_heads": 2, "span": 5}, drop_path_keep_prob=0.9, name="block")(x)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
+    outputs = keras.layers.Dense(3)(x)
+    return keras.Model(inputs, outputs)
+
+
+def test_user_model_trains_saves_and_reloads(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = _user_model()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 12, 12, 3)).astype("float32")
+    y = (x.mean(axis=(1, 2, 3)) > 0).astype("int32") + (x[:, 0, 0, 0] > 1)
+    history = model.fit(x, y, batch_size=8, epochs=6, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    path = tmp_path / "user_model.keras"
+    model.save(path)
+    probe = _image((2, 10, 14, 3), seed=5)  # a size the model has not seen
+    np.save(tmp_path / "probe.npy", probe)
+    np.save(tmp_path / "expected.npy", np.asarray(model(probe)))
+    # A fresh process: only `import axial_tf` registers the classes; safe_mode stays on.
+    script = (
+        "import numpy as np, keras, axial_tf, sys\n"
+        f"m = keras.models.load_model(r'{path}', safe_mode=True)\n"
+        f"y = np.asarray(m(np.load(r'{tmp_path / 'probe.npy'}')))\n"
+        f"np.testing.assert_allclose(y, np.load(r'{tmp_path / 'expected.npy'}'), atol=1e-5)\n"
+        "print('reloaded ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reloaded ok" in result.stdout
+
+
+@pytest.mark.parametrize("attention", [{"num_heads": 2}, {"num_heads": 2, "span": 3}])
+def test_xla_equals_eager(attention):
+    block = AxialBlock([8, 4, 8], strides=2, attention=attention)
+    x = _image((2, 9, 7, 8))
+    block(x)
+    for variable in block.weights:  # non-trivial weights, so the comparison means something
+        if "gamma" in variable.path:
+            variable.assign(np.full(variable.shape, 0.7, "float32"))
+    for training in (False, True):
+        eager = np.asarray(block(x, training=training))
+        compiled = tf.function(lambda t: block(t, training=training), jit_compile=True)
+        np.testing.assert_allclose(np.asarray(compiled(x)), eager, atol=1e-4)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_block_runs_under_mixed_precision_and_xla(policy):
+    keras.mixed_precision.set_global_policy(policy)
+    block = AxialBlock([8, 4, 8], strides=2, attention={"num_heads": 2, "span": 3})
+    x = _image((2, 9, 7, 8))
+    y = tf.function(lambda t: block(t, training=True), jit_compile=True)(x)
+    assert keras.backend.standardize_dtype(y.dtype) == policy.split("_")[1]
+    assert np.isfinite(np.asarray(y, np.float32)).all()
+    assert all(v.dtype == "float32" for v in block.weights)
+
+
+@pytest.mark.parametrize("layer", [
+    AxialAttention2D(filters=4, num_heads=2, span=(3, None), strides=2, max_span=16, name="a2d"),
+    AxialBlock([8, 4, 8], strides=2, attention={"num_heads": 2}, drop_path_keep_prob=0.8, name="blk"),
+    ConvBN(4, 3, strides=2, dilation_rate=1, activation="relu", depthwise=True, name="dw"),
+])
+def test_config_round_trip(layer):
+    x = _image((1, 5, 6, 8))
+    layer(x)
+    clone = layer.__class__.from_config(layer.get_config())
+    clone(x)
+    assert clone.get_config() == layer.get_config()
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(np.asarray(clone(x)), np.asarray(layer(x)), atol=1e-6)
+    assert keras.saving.get_registered_name(layer.__class__).startswith("axial_tf>")
