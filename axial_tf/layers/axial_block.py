@@ -30,6 +30,9 @@ class AxialBlock(keras.layers.Layer):
         filters_list: 2 or 3 channel counts, the last being the output width.
         strides: block stride (1 or 2).
         dilation_rate: atrous rate of the 3x3 convolutions (past the output stride).
+        second_dilation_rate: atrous rate of the basic block's second 3x3 conv
+            (default `dilation_rate`). When the block's stride is replaced by
+            atrous convolution, that conv works at the doubled rate.
         attention: `None` for convolutional blocks, or a dict of `AxialAttention2D`
             arguments (e.g. `{"num_heads": 8, "span": None}`) for axial blocks.
         drop_path_keep_prob: stochastic-depth keep probability of the branch.
@@ -48,6 +51,7 @@ class AxialBlock(keras.layers.Layer):
         filters_list,
         strides=1,
         dilation_rate=1,
+        second_dilation_rate=None,
         attention=None,
         drop_path_keep_prob=1.0,
         batch_norm_momentum=0.99,
@@ -64,6 +68,7 @@ class AxialBlock(keras.layers.Layer):
         self.filters_list = filters_list
         self.strides = int(strides)
         self.dilation_rate = int(dilation_rate)
+        self.second_dilation_rate = int(second_dilation_rate or dilation_rate)
         self.attention = dict(attention) if attention is not None else None
         self.drop_path_keep_prob = float(drop_path_keep_prob)
         self.batch_norm_momentum = batch_norm_momentum
@@ -110,7 +115,7 @@ class AxialBlock(keras.layers.Layer):
             self.conv3_bn = conv("conv3_bn", filters_list[2], last=True)
         else:
             self.conv1_bn_act = conv("conv1_bn_act", filters_list[0], 3, self.strides, self.dilation_rate, relu=True)
-            self.conv2_bn = conv("conv2_bn", filters_list[1], 3, 1, self.dilation_rate, last=True)
+            self.conv2_bn = conv("conv2_bn", filters_list[1], 3, 1, self.second_dilation_rate, last=True)
         self.shortcut = None
         self.drop_path = DropPath(drop_path_keep_prob, name="drop_path", dtype=self.dtype_policy)
 
@@ -161,6 +166,7 @@ class AxialBlock(keras.layers.Layer):
             "filters_list": self.filters_list,
             "strides": self.strides,
             "dilation_rate": self.dilation_rate,
+            "second_dilation_rate": self.second_dilation_rate,
             "attention": self.attention,
             "drop_path_keep_prob": self.drop_path_keep_prob,
             "batch_norm_momentum": self.batch_norm_momentum,

@@ -1,1 +1,6 @@
-"""models."""
+"""Backbones and task models."""
+
+from axial_tf.models.axial_resnet import AxialResNet, BlockGroup, InceptionStem, stage_plan
+from axial_tf.models.backbone_registry import backbone_config, get_backbone, list_backbones
+
+__all__ = ["AxialResNet", "BlockGroup", "InceptionStem", "backbone_config", "get_backbone", "list_backbones", "stage_plan"]

@@ -1,0 +1,391 @@
+"""Axial-ResNet: a general ResNet / Wide-ResNet / Axial-ResNet backbone builder.
+
+Named models (Axial-ResNet-S, Axial-DeepLab-L, SWideRNet, ...) are just
+configurations of `AxialResNet`; see `backbone_registry.py`.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from axial_tf.layers import AxialBlock, ConvBN
+
+STEM_TYPES = ("resnet", "resnet_beta", "wider_resnet", "none")
+DROP_PATH_SCHEDULES = ("constant", "linear")
+# Input stride of each of the five stages in the original (non-atrous) network.
+_STAGE_INPUT_STRIDES = (1, 2, 4, 8, 16)
+
+
+@keras.saving.register_keras_serializable(package="axial_tf")
+class InceptionStem(keras.layers.Layer):
+    """The `resnet_beta` stem: three 3x3 convolutions, the first with stride 2.
+
+    Widths are `64m, 64m, 128m` for `width_multiplier=m`; the last convolution
+    has no activation (blocks activate their input).
+
+    Args:
+        width_multiplier: channel multiplier `m`.
+        **kwargs: `ConvBN` batch-norm arguments and standard layer arguments.
+    """
+
+    def __init__(self, width_multiplier=1.0, batch_norm_momentum=0.99, batch_norm_epsilon=1e-3,
+                 sync_batch_norm=False, **kwargs):
+        super().__init__(**kwargs)
+        self.width_multiplier = width_multiplier
+        self.batch_norm_momentum = batch_norm_momentum
+        self.batch_norm_epsilon = batch_norm_epsilon
+        self.sync_batch_norm = sync_batch_norm
+        bn = dict(batch_norm_momentum=batch_norm_momentum, batch_norm_epsilon=batch_norm_epsilon,
+                  sync_batch_norm=sync_batch_norm, dtype=self.dtype_policy)
+        narrow, wide = int(64 * width_multiplier), int(128 * width_multiplier)
+        self.conv1_bn_act = ConvBN(narrow, 3, strides=2, activation="relu", name="conv1_bn_act", **bn)
+        self.conv2_bn_act = ConvBN(narrow, 3, activation="relu", name="conv2_bn_act", **bn)
+        self.conv3_bn = ConvBN(wide, 3, name="conv3_bn", **bn)
+
+    def build(self, input_shape):
+        shape = input_shape
+        for layer in self.deeplab2_children():
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+
+    def deeplab2_children(self):
+        return [self.conv1_bn_act, self.conv2_bn_act, self.conv3_bn]
+
+    def call(self, inputs, training=None):
+        x = inputs
+        for layer in self.deeplab2_children():
+            x = layer(x, training=training)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        shape = input_shape
+        for layer in self.deeplab2_children():
+            shape = layer.compute_output_shape(shape)
+        return shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "width_multiplier": self.width_multiplier,
+            "batch_norm_momentum": self.batch_norm_momentum,
+            "batch_norm_epsilon": self.batch_norm_epsilon,
+            "sync_batch_norm": self.sync_batch_norm,
+        }
+
+
+@keras.saving.register_keras_serializable(package="axial_tf")
+class BlockGroup(keras.layers.Layer):
+    """A stage: residual blocks producing features of one resolution.
+
+    Args:
+        block_configs: one dict of `AxialBlock` arguments per block (see
+            `AxialResNet.stage_plan`); block `i` is named `block{i+1}`.
+        remat: recompute each block's activations in the backward pass
+            (gradient checkpointing) to save memory.
+        **kwargs: standard layer arguments.
+    """
+
+    def __init__(self, block_configs, remat=False, **kwargs):
+        super().__init__(**kwargs)
+        self.block_configs = [dict(c) for c in block_configs]
+        self.remat = remat
+        names = [f"block{i + 1}" for i in range(len(block_configs))]
+        scope = keras.RematScope(mode="list_of_layers", layer_names=names) if remat else _NullScope()
+        with scope:
+            self.blocks = [
+                AxialBlock(name=name, dtype=self.dtype_policy, **config)
+                for name, config in zip(names, self.block_configs)
+            ]
+
+    def build(self, input_shape):
+        shape = input_shape
+        for block in self.blocks:
+            block.build(shape)
+            shape = block.compute_output_shape(shape)
+
+    def deeplab2_children(self):
+        return self.blocks
+
+    def call(self, inputs, training=None):
+        x = inputs
+        for block in self.blocks:
+            x = block(x, training=training)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        shape = input_shape
+        for block in self.blocks:
+            shape = block.compute_output_shape(shape)
+        return shape
+
+    def get_config(self):
+        return {**super().get_config(), "block_configs": self.block_configs, "remat": self.remat}
+
+
+class _NullScope:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        return False
+
+
+def drop_path_keep_prob_for(stride, keep_prob, schedule, beyond_stride):
+    """Stochastic-depth keep probability of a block working at `stride`.
+
+    "constant" uses `keep_prob` for every block at or beyond `beyond_stride`;
+    "linear" decays from 1 at stride 2 to `keep_prob` at stride 32 (stage 5).
+    """
+    if schedule not in DROP_PATH_SCHEDULES:
+        raise ValueError(f"drop_path_schedule must be one of {DROP_PATH_SCHEDULES}, got {schedule!r}.")
+    if stride < beyond_stride:
+        return 1.0
+    if schedule == "constant":
+        return keep_prob
+    stage = math.log2(stride) - 1  # stride 2 -> 0 ... stride 32 -> 4
+    return 1.0 - (1.0 - keep_prob) * stage / 4.0
+
+
+@keras.saving.register_keras_serializable(package="axial_tf")
+class AxialResNet(keras.Model):
+    """A configurable (Axial-)ResNet backbone returning multi-scale endpoints.
+
+    Five stages at input strides 1, 2, 4, 8, 16 (stage 1 exists only for
+    `wider_resnet` and stem-less fully axial nets). A block becomes an axial
+    bottleneck once its stride reaches `use_axial_beyond_stride`; otherwise it is
+    a conv bottleneck (`resnet`, `resnet_beta`) or a basic block / wide bottleneck
+    (`wider_resnet`). Past `output_stride` strides turn into atrous rates (conv
+    blocks) or non-strided global attention (axial blocks).
+
+    The model is functional: built in `__init__` on `(None, None, 3)` inputs and
+    usable at any input size. Outputs are a dict with `stage1`..`stage5`
+    (non-activated block outputs; `stage1` is the stem when there is no stage 1)
+    and `res1`..`res5` (their ReLU), as DeepLab2 names them.
+
+    Args:
+        stem_type: "resnet" (7x7/2), "resnet_beta" (Inception stem),
+            "wider_resnet" (3x3/2, adds stage 1) or "none" (fully axial).
+        num_blocks: blocks in stages 2..5.
+        stage1_blocks: blocks in stage 1 (wider_resnet / none).
+        width_multiplier: channel multiplier of stages.
+        stem_width_multiplier: channel multiplier of the stem (and of stage 1 in
+            wider_resnet).
+        backbone_layer_multiplier: multiplies (and truncates) `num_blocks`.
+        output_stride: 8, 16 or 32.
+        use_axial_beyond_stride: blocks at this stride or beyond are axial (0: none).
+        attention: `AxialAttention2D` settings of axial blocks (num_heads,
+            key_expansion, value_expansion, span, ...).
+        stage_attention: per-stage overrides of `attention`, e.g. `{5: {"span": 33}}`.
+        attention_bottleneck_expansion: width of the 1x1 conv before attention,
+            relative to the attention's base filters.
+        stage_filters: optional base widths of the 5 stages (replaces
+            `round(32 * stride * width_multiplier)`).
+        drop_path_keep_prob: stochastic-depth keep probability.
+        drop_path_beyond_stride: blocks below this stride are never dropped.
+        drop_path_schedule: "constant" or "linear".
+        remat: gradient checkpointing per block (saves memory when training).
+        batch_norm_momentum: BN momentum.
+        batch_norm_epsilon: BN epsilon.
+        sync_batch_norm: synchronised BN across replicas.
+        input_channels: channels of the input image.
+        **kwargs: `keras.Model` arguments (e.g. `name`).
+
+    Example:
+    >>> backbone = AxialResNet(stem_type="resnet_beta", width_multiplier=0.125,
+    ...                        stem_width_multiplier=0.25, num_blocks=(1, 1, 1, 1),
+    ...                        use_axial_beyond_stride=2)
+    >>> endpoints = backbone(keras.random.normal((1, 65, 65, 3)))
+    >>> endpoints["res5"].shape  # (1, 5, 5, 256)
+    """
+
+    def __init__(
+        self,
+        stem_type="resnet_beta",
+        num_blocks=(3, 4, 6, 3),
+        stage1_blocks=3,
+        width_multiplier=1.0,
+        stem_width_multiplier=1.0,
+        backbone_layer_multiplier=1.0,
+        output_stride=16,
+        use_axial_beyond_stride=16,
+        attention=None,
+        stage_attention=None,
+        attention_bottleneck_expansion=2,
+        stage_filters=None,
+        drop_path_keep_prob=1.0,
+        drop_path_beyond_stride=16,
+        drop_path_schedule="constant",
+        remat=False,
+        batch_norm_momentum=0.99,
+        batch_norm_epsilon=1e-3,
+        sync_batch_norm=False,
+        input_channels=3,
+        **kwargs,
+    ):
+        config = dict(
+            stem_type=stem_type,
+            num_blocks=[int(n) for n in num_blocks],
+            stage1_blocks=int(stage1_blocks),
+            width_multiplier=width_multiplier,
+            stem_width_multiplier=stem_width_multiplier,
+            backbone_layer_multiplier=backbone_layer_multiplier,
+            output_stride=int(output_stride),
+            use_axial_beyond_stride=int(use_axial_beyond_stride),
+            attention=dict(attention or {}),
+            stage_attention={int(k): dict(v) for k, v in (stage_attention or {}).items()},
+            attention_bottleneck_expansion=attention_bottleneck_expansion,
+            stage_filters=None if stage_filters is None else [int(f) for f in stage_filters],
+            drop_path_keep_prob=float(drop_path_keep_prob),
+            drop_path_beyond_stride=int(drop_path_beyond_stride),
+            drop_path_schedule=drop_path_schedule,
+            remat=bool(remat),
+            batch_norm_momentum=batch_norm_momentum,
+            batch_norm_epsilon=batch_norm_epsilon,
+            sync_batch_norm=sync_batch_norm,
+            input_channels=int(input_channels),
+        )
+        _validate(config)
+        bn = dict(batch_norm_momentum=batch_norm_momentum, batch_norm_epsilon=batch_norm_epsilon,
+                  sync_batch_norm=sync_batch_norm)
+
+        inputs = keras.Input((None, None, config["input_channels"]), name="image")
+        stem = _build_stem(config, bn)
+        x = inputs if stem is None else stem(inputs)
+        endpoints = {}
+        if stem is not None:
+            endpoints["stage1"] = x
+        stages = []
+        for index, blocks in stage_plan(config):
+            stage = BlockGroup(blocks, remat=config["remat"], name=f"stage{index}")
+            x = stage(x)
+            endpoints[f"stage{index}"] = x
+            stages.append(stage)
+        for key in list(endpoints):
+            endpoints["res" + key[len("stage"):]] = keras.layers.ReLU(name="res" + key[len("stage"):])(endpoints[key])
+        super().__init__(inputs=inputs, outputs=endpoints, **kwargs)
+        self.backbone_config = config
+        self.stem = stem
+        self.stages = stages
+
+    def deeplab2_children(self):
+        """Sub-layers in DeepLab2's encoder naming (`_stem`, `_stage2`, ...)."""
+        return ([self.stem] if self.stem is not None else []) + self.stages
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable, **self.backbone_config}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def _validate(config):
+    if config["stem_type"] not in STEM_TYPES:
+        raise ValueError(f"stem_type must be one of {STEM_TYPES}, got {config['stem_type']!r}.")
+    if config["output_stride"] not in (4, 8, 16, 32):
+        raise ValueError(f"output_stride must be 4, 8, 16 or 32, got {config['output_stride']}.")
+    if len(config["num_blocks"]) != 4:
+        raise ValueError(f"num_blocks lists the blocks of stages 2-5 (4 numbers), got {config['num_blocks']}.")
+    if config["stage_filters"] is not None and len(config["stage_filters"]) != 5:
+        raise ValueError(f"stage_filters needs 5 base widths (stages 1-5), got {config['stage_filters']}.")
+    if config["stem_type"] == "none" and config["use_axial_beyond_stride"] != 1:
+        raise ValueError("stem_type='none' (fully axial) needs use_axial_beyond_stride=1.")
+    bad_stages = set(config["stage_attention"]) - {1, 2, 3, 4, 5}
+    if bad_stages:
+        raise ValueError(f"stage_attention keys must be stage numbers 1-5, got {sorted(bad_stages)}.")
+    if not 0.0 < config["drop_path_keep_prob"] <= 1.0:
+        raise ValueError(f"drop_path_keep_prob must be in (0, 1], got {config['drop_path_keep_prob']}.")
+    if config["drop_path_schedule"] not in DROP_PATH_SCHEDULES:
+        raise ValueError(
+            f"drop_path_schedule must be one of {DROP_PATH_SCHEDULES}, got {config['drop_path_schedule']!r}."
+        )
+
+
+def _build_stem(config, bn):
+    stem_channels = int(round(64 * config["stem_width_multiplier"]))
+    stem_type = config["stem_type"]
+    if stem_type == "none":
+        return None
+    if stem_type == "resnet_beta":
+        return InceptionStem(config["stem_width_multiplier"], name="stem", **bn)
+    kernel = 7 if stem_type == "resnet" else 3
+    return ConvBN(stem_channels, kernel, strides=2, name="stem", **bn)
+
+
+def stage_plan(config):
+    """Lists `(stage_number, [AxialBlock kwargs per block])` for a backbone config.
+
+    This is where strides, atrous rates, block types, widths and drop-path
+    probabilities are decided; the model only instantiates the plan.
+    """
+    wide = config["stem_type"] == "wider_resnet"
+    has_stage1 = wide or config["stem_type"] == "none"
+    counts = [config["stage1_blocks"]] + [int(n * config["backbone_layer_multiplier"]) for n in config["num_blocks"]]
+    output_stride = config["output_stride"]
+    plan = []
+    for index in range(0 if has_stage1 else 1, 5):
+        stride_in = _STAGE_INPUT_STRIDES[index]
+        stage_stride = 2
+        if wide and index == 0:  # the wide stem already strided: stage 1 runs at stride 2
+            stride_in, stage_stride = 2, 1
+        if config["stage_filters"] is not None:
+            filters = config["stage_filters"][index]
+        else:
+            multiplier = config["stem_width_multiplier"] if wide and index == 0 else config["width_multiplier"]
+            filters = int(round(_STAGE_INPUT_STRIDES[index] * 32 * multiplier))
+        attention = {**config["attention"], **config["stage_attention"].get(index + 1, {})}
+        blocks = []
+        current = stride_in  # stride of the block's input in the original network
+        for block_index in range(counts[index]):
+            first = block_index == 0
+            strides = stage_stride if first and stride_in < output_stride else 1
+            rate = current // output_stride if current > output_stride else 1
+            # A first block whose stride became atrous: its later convs see the doubled rate.
+            strided_rate = stride_in * stage_stride // output_stride if stride_in * stage_stride > output_stride else 1
+            second_rate = strided_rate if first else rate
+            block = dict(
+                strides=strides,
+                dilation_rate=rate,
+                second_dilation_rate=second_rate,
+                drop_path_keep_prob=drop_path_keep_prob_for(
+                    current, config["drop_path_keep_prob"], config["drop_path_schedule"],
+                    config["drop_path_beyond_stride"],
+                ),
+                batch_norm_momentum=config["batch_norm_momentum"],
+                batch_norm_epsilon=config["batch_norm_epsilon"],
+                sync_batch_norm=config["sync_batch_norm"],
+            )
+            if current >= config["use_axial_beyond_stride"] > 0:
+                expansion = config["attention_bottleneck_expansion"]
+                block.update(filters_list=[int(filters * expansion), filters, filters * 4], attention=attention)
+            elif not wide:
+                block.update(filters_list=[filters, filters, filters * 4])
+            elif stride_in * stage_stride < 32:
+                block.update(filters_list=[filters * 4, filters * 4])
+            else:
+                block.update(filters_list=[filters, filters * 2, filters * 4])
+            blocks.append(block)
+            if first:
+                current *= stage_stride
+        if blocks:
+            plan.append((index + 1, blocks))
+    return plan
+
+
+def endpoint_strides(backbone):
+    """Output stride of each endpoint of a backbone, for decoders picking features."""
+    plan_strides = {}
+    stride = 1 if backbone.stem is None else 2
+    if backbone.stem is not None:
+        plan_strides["stage1"] = stride
+    output_stride = backbone.backbone_config["output_stride"]
+    for index, blocks in stage_plan(backbone.backbone_config):
+        stride = min(stride * blocks[0]["strides"], output_stride) if blocks[0]["strides"] > 1 else stride
+        plan_strides[f"stage{index}"] = stride
+    return {**plan_strides, **{"res" + k[5:]: v for k, v in plan_strides.items()}}
+
+
+def relu_endpoints(endpoints):
+    """`res*` endpoints from `stage*` endpoints (ReLU), for code that builds its own."""
+    return {"res" + k[5:]: ops.relu(v) for k, v in endpoints.items() if k.startswith("stage")}

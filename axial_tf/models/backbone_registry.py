@@ -1,0 +1,74 @@
+"""Named backbones: each is a configuration of `AxialResNet`.
+
+Names and settings follow DeepLab2's `axial_resnet_instances` and the
+Axial-DeepLab paper (S/M/L = width 0.5 / 0.75 / 1.0); `list_backbones()` lists them.
+"""
+
+import difflib
+
+from axial_tf.models.axial_resnet import AxialResNet
+
+_RESNET50 = dict(stem_type="resnet", use_axial_beyond_stride=0, drop_path_keep_prob=1.0)
+_AXIAL_RESNET = dict(_RESNET50, use_axial_beyond_stride=2)
+_SWIDERNET = dict(
+    stem_type="wider_resnet",
+    num_blocks=(3, 6, 3, 3),
+    use_axial_beyond_stride=0,
+    drop_path_keep_prob=0.8,
+    drop_path_beyond_stride=4,
+)
+_WIDE_ATTENTION = dict(
+    use_axial_beyond_stride=16,
+    attention_bottleneck_expansion=4,
+    attention={"key_expansion": 2, "value_expansion": 4},
+)
+
+BACKBONES = {
+    "resnet50": _RESNET50,
+    "resnet50_beta": dict(_RESNET50, stem_type="resnet_beta"),
+    "axial_resnet_s": dict(_AXIAL_RESNET, width_multiplier=0.5),
+    "axial_resnet_m": dict(_AXIAL_RESNET, width_multiplier=0.75),
+    "axial_resnet_l": dict(_AXIAL_RESNET, width_multiplier=1.0),
+    "axial_deeplab_s": dict(_AXIAL_RESNET, stem_type="resnet_beta", width_multiplier=0.5),
+    "axial_deeplab_m": dict(_AXIAL_RESNET, stem_type="resnet_beta", width_multiplier=0.75),
+    "axial_deeplab_l": dict(_AXIAL_RESNET, stem_type="resnet_beta", width_multiplier=1.0),
+    "max_deeplab_s_backbone": dict(
+        stem_type="resnet_beta", use_axial_beyond_stride=16, drop_path_keep_prob=0.8, drop_path_beyond_stride=16
+    ),
+    "swidernet": _SWIDERNET,
+    "axial_swidernet": dict(_SWIDERNET, **_WIDE_ATTENTION),
+}
+# SWideRNet-(w1, w2, l): stem width, backbone width and layer multipliers.
+for _base in ("swidernet", "axial_swidernet"):
+    for _tag, _layers in (("1_1_1", 1.0), ("1_1_3", 3.0), ("1_1_4.5", 4.5)):
+        BACKBONES[f"{_base}_{_tag}"] = dict(BACKBONES[_base], backbone_layer_multiplier=_layers)
+
+
+def list_backbones():
+    """Names accepted by `get_backbone`, sorted."""
+    return sorted(BACKBONES)
+
+
+def backbone_config(name, **overrides):
+    """The `AxialResNet` arguments of a named backbone, with overrides applied.
+
+    Raises:
+        ValueError: unknown name (with the closest names) or unknown override key.
+    """
+    if name not in BACKBONES:
+        close = difflib.get_close_matches(name, BACKBONES, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"Unknown backbone {name!r}.{hint} Known: {', '.join(list_backbones())}.")
+    accepted = set(AxialResNet.__init__.__code__.co_varnames[1 : AxialResNet.__init__.__code__.co_argcount])
+    unknown = sorted(set(overrides) - accepted)
+    if unknown:
+        raise ValueError(f"Unknown override(s) {unknown} for backbone {name!r}; accepted: {sorted(accepted)}.")
+    config = {**BACKBONES[name], **overrides}
+    if "attention" in overrides:  # merge attention settings instead of replacing them
+        config["attention"] = {**BACKBONES[name].get("attention", {}), **overrides["attention"]}
+    return config
+
+
+def get_backbone(name, **overrides):
+    """Builds a named backbone, e.g. `get_backbone("axial_resnet_s", output_stride=8)`."""
+    return AxialResNet(name=name, **backbone_config(name, **overrides))
