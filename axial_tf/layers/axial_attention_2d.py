@@ -22,7 +22,9 @@ class AxialAttention2D(keras.layers.Layer):
     along W (every row independently); there is no normalisation between them.
     With `strides > 1` the rows are subsampled after the height pass and the
     columns after the width pass (rows/columns `0, s, 2s, ...`), so the output is
-    `[B, ceil(H/s), ceil(W/s), filters * value_expansion]`.
+    `[B, ceil(H/s), ceil(W/s), filters * value_expansion]` (DeepLab2). With
+    `stride_mode="average_pool"` the passes run unstrided and an `s x s` average
+    pool follows (the PyTorch reference), giving `floor(H/s) x floor(W/s)`.
 
     Args:
         filters: base width; keys get `round(filters * key_expansion)` channels and
@@ -32,6 +34,7 @@ class AxialAttention2D(keras.layers.Layer):
         value_expansion: value width relative to `filters`.
         span: `None` (global) or an odd local window, or a (height, width) pair.
         strides: output stride (subsampling after each pass).
+        stride_mode: "subsample" (DeepLab2) or "average_pool" (PyTorch reference).
         **kwargs: further `AxialAttention` arguments (e.g. `max_span`,
             `sync_batch_norm`, `query_block_size`) shared by both passes, and
             standard layer arguments (`name`, `dtype`).
@@ -42,12 +45,23 @@ class AxialAttention2D(keras.layers.Layer):
     """
 
     def __init__(
-        self, filters, num_heads=8, key_expansion=1, value_expansion=2, span=None, strides=1, **kwargs
+        self,
+        filters,
+        num_heads=8,
+        key_expansion=1,
+        value_expansion=2,
+        span=None,
+        strides=1,
+        stride_mode="subsample",
+        **kwargs,
     ):
         layer_kwargs = {k: kwargs.pop(k) for k in ("name", "dtype", "trainable") if k in kwargs}
         super().__init__(**layer_kwargs)
         if strides < 1:
             raise ValueError(f"strides must be >= 1, got {strides}.")
+        if stride_mode not in ("subsample", "average_pool"):
+            raise ValueError(f"stride_mode must be 'subsample' or 'average_pool', got {stride_mode!r}.")
+        self.stride_mode = stride_mode
         self.filters = int(filters)
         self.num_heads = int(num_heads)
         self.key_expansion = key_expansion
@@ -73,23 +87,34 @@ class AxialAttention2D(keras.layers.Layer):
         self.width_axis.build((None, None, self.total_value_depth))
 
     def call(self, inputs, training=None):
+        if self.stride_mode == "average_pool":
+            outputs = self._attend(inputs, 1, training)
+            if self.strides == 1:
+                return outputs
+            return ops.average_pool(outputs, self.strides, self.strides, padding="valid")
+        return self._attend(inputs, self.strides, training)
+
+    def _attend(self, inputs, strides, training):
+        """Height pass then width pass, subsampling by `strides` after each."""
         batch, height, width = ops.shape(inputs)[0], ops.shape(inputs)[1], ops.shape(inputs)[2]
         # Height pass: every column is a sequence along H.
         columns = ops.transpose(inputs, (0, 2, 1, 3))  # [B, W, H, C]
         columns = ops.reshape(columns, (batch * width, height, inputs.shape[-1]))
         columns = self.height_axis(columns, training=training)  # [B*W, H, Dv]
-        columns = columns[:, :: self.strides]
+        columns = columns[:, ::strides]
         height = ops.shape(columns)[1]
         rows = ops.reshape(columns, (batch, width, height, self.total_value_depth))
         # Width pass: every row is a sequence along W.
         rows = ops.transpose(rows, (0, 2, 1, 3))  # [B, H', W, Dv]
         rows = ops.reshape(rows, (batch * height, width, self.total_value_depth))
-        rows = self.width_axis(rows, training=training)[:, :: self.strides]  # [B*H', W', Dv]
+        rows = self.width_axis(rows, training=training)[:, ::strides]  # [B*H', W', Dv]
         return ops.reshape(rows, (batch, height, ops.shape(rows)[1], self.total_value_depth))
 
     def compute_output_shape(self, input_shape):
         def strided(size):
-            return None if size is None else -(-size // self.strides)
+            if size is None:
+                return None
+            return size // self.strides if self.stride_mode == "average_pool" else -(-size // self.strides)
 
         return (input_shape[0], strided(input_shape[1]), strided(input_shape[2]), self.total_value_depth)
 
@@ -102,5 +127,6 @@ class AxialAttention2D(keras.layers.Layer):
             "value_expansion": self.value_expansion,
             "span": self.span,
             "strides": self.strides,
+            "stride_mode": self.stride_mode,
             **self.attention_kwargs,
         }

@@ -155,10 +155,11 @@ class AxialBlock(keras.layers.Layer):
         return self.drop_path(branch, training=training) + shortcut
 
     def compute_output_shape(self, input_shape):
-        def out(size):
-            return None if size is None else -(-size // self.strides)
-
-        return (input_shape[0], out(input_shape[1]), out(input_shape[2]), self.filters_list[-1])
+        if self.attention_layer is not None:
+            _, height, width, _ = self.attention_layer.compute_output_shape(input_shape)
+        else:
+            height, width = [None if s is None else -(-s // self.strides) for s in input_shape[1:3]]
+        return (input_shape[0], height, width, self.filters_list[-1])
 
     def get_config(self):
         return {

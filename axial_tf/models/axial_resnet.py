@@ -123,6 +123,40 @@ class BlockGroup(keras.layers.Layer):
         return {**super().get_config(), "block_configs": self.block_configs, "remat": self.remat}
 
 
+@keras.saving.register_keras_serializable(package="axial_tf")
+class SymmetricMaxPool2D(keras.layers.Layer):
+    """Max pooling with `padding` pixels on every side, as PyTorch's `MaxPool2d(padding=p)`.
+
+    Keras' "same" pooling pads only after the input for a 3x3/2 pool on even
+    sizes, which shifts the grid by a pixel relative to PyTorch-trained weights.
+
+    Args:
+        pool_size: window size.
+        strides: pooling stride.
+        padding: pixels padded (with -inf, so they never win) before and after.
+        **kwargs: standard layer arguments.
+    """
+
+    def __init__(self, pool_size=3, strides=2, padding=1, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size, self.strides, self.padding = int(pool_size), int(strides), int(padding)
+
+    def call(self, inputs):
+        p = self.padding
+        lowest = float("-inf")
+        padded = ops.pad(inputs, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=lowest)
+        return ops.max_pool(padded, self.pool_size, self.strides, padding="valid")
+
+    def compute_output_shape(self, input_shape):
+        def out(size):
+            return None if size is None else (size + 2 * self.padding - self.pool_size) // self.strides + 1
+
+        return (input_shape[0], out(input_shape[1]), out(input_shape[2]), input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": self.pool_size, "strides": self.strides, "padding": self.padding}
+
+
 class _NullScope:
     def __enter__(self):
         return self
@@ -179,6 +213,10 @@ class AxialResNet(keras.Model):
         stage_attention: per-stage overrides of `attention`, e.g. `{5: {"span": 33}}`.
         attention_bottleneck_expansion: width of the 1x1 conv before attention,
             relative to the attention's base filters.
+        block_output_expansion: bottleneck output width relative to the base
+            filters (4 in DeepLab2 / ResNet, 2 in the PyTorch Axial-ResNets).
+        stem_max_pool: follow the stem with a 3x3/2 max pool (the PyTorch
+            reference); stage 2 then keeps its resolution.
         stage_filters: optional base widths of the 5 stages (replaces
             `round(32 * stride * width_multiplier)`).
         drop_path_keep_prob: stochastic-depth keep probability.
@@ -212,6 +250,8 @@ class AxialResNet(keras.Model):
         attention=None,
         stage_attention=None,
         attention_bottleneck_expansion=2,
+        block_output_expansion=4,
+        stem_max_pool=False,
         stage_filters=None,
         drop_path_keep_prob=1.0,
         drop_path_beyond_stride=16,
@@ -235,6 +275,8 @@ class AxialResNet(keras.Model):
             attention=dict(attention or {}),
             stage_attention={int(k): dict(v) for k, v in (stage_attention or {}).items()},
             attention_bottleneck_expansion=attention_bottleneck_expansion,
+            block_output_expansion=int(block_output_expansion),
+            stem_max_pool=bool(stem_max_pool),
             stage_filters=None if stage_filters is None else [int(f) for f in stage_filters],
             drop_path_keep_prob=float(drop_path_keep_prob),
             drop_path_beyond_stride=int(drop_path_beyond_stride),
@@ -252,6 +294,8 @@ class AxialResNet(keras.Model):
         inputs = keras.Input((None, None, config["input_channels"]), name="image")
         stem = _build_stem(config, bn)
         x = inputs if stem is None else stem(inputs)
+        if config["stem_max_pool"]:
+            x = SymmetricMaxPool2D(name="stem_max_pool")(x)
         endpoints = {}
         if stem is not None:
             endpoints["stage1"] = x
@@ -289,6 +333,8 @@ def _validate(config):
         raise ValueError(f"num_blocks lists the blocks of stages 2-5 (4 numbers), got {config['num_blocks']}.")
     if config["stage_filters"] is not None and len(config["stage_filters"]) != 5:
         raise ValueError(f"stage_filters needs 5 base widths (stages 1-5), got {config['stage_filters']}.")
+    if config["stem_max_pool"] and config["stem_type"] not in ("resnet", "resnet_beta"):
+        raise ValueError("stem_max_pool needs stem_type 'resnet' or 'resnet_beta'.")
     if config["stem_type"] == "none" and config["use_axial_beyond_stride"] != 1:
         raise ValueError("stem_type='none' (fully axial) needs use_axial_beyond_stride=1.")
     bad_stages = set(config["stage_attention"]) - {1, 2, 3, 4, 5}
@@ -329,6 +375,8 @@ def stage_plan(config):
         stage_stride = 2
         if wide and index == 0:  # the wide stem already strided: stage 1 runs at stride 2
             stride_in, stage_stride = 2, 1
+        if config["stem_max_pool"] and index == 1:  # the pool already strided: stage 2 keeps stride 4
+            stride_in, stage_stride = 4, 1
         if config["stage_filters"] is not None:
             filters = config["stage_filters"][index]
         else:
@@ -337,6 +385,7 @@ def stage_plan(config):
         attention = {**config["attention"], **config["stage_attention"].get(index + 1, {})}
         blocks = []
         current = stride_in  # stride of the block's input in the original network
+        out_channels = filters * config["block_output_expansion"]
         for block_index in range(counts[index]):
             first = block_index == 0
             strides = stage_stride if first and stride_in < output_stride else 1
@@ -358,9 +407,9 @@ def stage_plan(config):
             )
             if current >= config["use_axial_beyond_stride"] > 0:
                 expansion = config["attention_bottleneck_expansion"]
-                block.update(filters_list=[int(filters * expansion), filters, filters * 4], attention=attention)
+                block.update(filters_list=[int(filters * expansion), filters, out_channels], attention=attention)
             elif not wide:
-                block.update(filters_list=[filters, filters, filters * 4])
+                block.update(filters_list=[filters, filters, out_channels])
             elif stride_in * stage_stride < 32:
                 block.update(filters_list=[filters * 4, filters * 4])
             else:
@@ -375,17 +424,14 @@ def stage_plan(config):
 
 def endpoint_strides(backbone):
     """Output stride of each endpoint of a backbone, for decoders picking features."""
+    config = backbone.backbone_config
     plan_strides = {}
     stride = 1 if backbone.stem is None else 2
     if backbone.stem is not None:
         plan_strides["stage1"] = stride
-    output_stride = backbone.backbone_config["output_stride"]
-    for index, blocks in stage_plan(backbone.backbone_config):
-        stride = min(stride * blocks[0]["strides"], output_stride) if blocks[0]["strides"] > 1 else stride
+    stride *= 2 if config["stem_max_pool"] else 1
+    for index, blocks in stage_plan(config):
+        stride *= blocks[0]["strides"]
         plan_strides[f"stage{index}"] = stride
     return {**plan_strides, **{"res" + k[5:]: v for k, v in plan_strides.items()}}
 
-
-def relu_endpoints(endpoints):
-    """`res*` endpoints from `stage*` endpoints (ReLU), for code that builds its own."""
-    return {"res" + k[5:]: ops.relu(v) for k, v in endpoints.items() if k.startswith("stage")}

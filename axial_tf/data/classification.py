@@ -1,0 +1,186 @@
+"""Classification builders: a generic image folder, and ImageNet through TFDS.
+
+Image-folder layout (one sub-folder per class inside each split folder):
+
+    ROOT/train/<class name>/<image>.jpg
+    ROOT/val/<class name>/<image>.png
+
+The class names are the sorted class folders of the first split (or given in
+the config); a class folder in another split that is not one of them is an
+invalid example for each of its images.
+"""
+
+import dataclasses
+import pathlib
+
+import tensorflow_datasets as tfds
+
+from axial_tf.data import records
+from axial_tf.data import validation
+from axial_tf.data.dataset_info import ClassificationDatasetInfo
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# Split folder names that map to another TFDS split name.
+_SPLIT_NAME_OF_FOLDER = {"val": "validation", "valid": "validation"}
+
+IMAGENET_MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+IMAGENET_INSTRUCTIONS = """\
+imagenet2012 is prepared by TFDS from the original archives. Register at
+https://image-net.org/download-images, download ILSVRC2012_img_train.tar and
+ILSVRC2012_img_val.tar and put them (unextracted) in the manual dir.
+"""
+
+
+@dataclasses.dataclass
+class ImageFolderConfig(tfds.core.BuilderConfig):
+    """An image-classification folder on disk.
+
+    Attributes:
+        root: Folder holding one sub-folder per split.
+        splits: Dict split name -> sub-folder of `root`; empty means every
+            sub-folder ("val"/"valid" become the split "validation").
+        class_names: The classes in label order; empty means the sorted
+            class folders of the first split ("train" when present).
+        skip_invalid: Skip and count invalid examples instead of failing.
+
+    Example:
+        >>> config = ImageFolderConfig(name="flowers", root="/data/flowers")
+        >>> builder = ImageFolderClassification(config=config, data_dir="/tmp/tfds")
+    """
+
+    root: str = ""
+    splits: dict = dataclasses.field(default_factory=dict)
+    class_names: tuple = ()
+    skip_invalid: bool = False
+
+    def split_folders(self):
+        """Dict split name -> split folder (`pathlib.Path`), in a stable order."""
+        root = pathlib.Path(self.root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"Image folder root {root} does not exist.")
+        if self.splits:
+            folders = {split: root / folder for split, folder in self.splits.items()}
+        else:
+            folders = {
+                _SPLIT_NAME_OF_FOLDER.get(path.name, path.name): path
+                for path in sorted(root.iterdir())
+                if path.is_dir()
+            }
+        missing = [str(path) for path in folders.values() if not path.is_dir()]
+        if missing or not folders:
+            raise FileNotFoundError(f"Split folder(s) not found under {root}: {missing}.")
+        if "train" in folders:  # The first split defines the classes.
+            folders = {"train": folders.pop("train"), **folders}
+        return folders
+
+    def resolved_class_names(self):
+        """The class names in label order."""
+        if self.class_names:
+            return tuple(self.class_names)
+        first_split_folder = next(iter(self.split_folders().values()))
+        names = tuple(sorted(path.name for path in first_split_folder.iterdir() if path.is_dir()))
+        if not names:
+            raise FileNotFoundError(f"No class folders in {first_split_folder}.")
+        return names
+
+
+class ImageFolderClassification(tfds.core.GeneratorBasedBuilder):
+    """Image classification from a folder with one sub-folder per class.
+
+    Example:
+        >>> builder = ImageFolderClassification(
+        ...     config=ImageFolderConfig(name="flowers", root="/data/flowers"),
+        ...     data_dir="/tmp/tfds")
+        >>> builder.download_and_prepare()
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+    def __init__(self, *, config=None, **kwargs):
+        if config is None:
+            raise ValueError(
+                f"{self.name} needs an ImageFolderConfig, e.g. "
+                "config=ImageFolderConfig(name='flowers', root='/data/flowers')."
+            )
+        super().__init__(config=config, **kwargs)
+
+    def _info(self):
+        # Once prepared, the class names are restored from the data dir, so the
+        # source folder is only listed when it still exists.
+        names = None
+        if pathlib.Path(self.builder_config.root).is_dir():
+            names = self.builder_config.resolved_class_names()
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="Image classification read from class sub-folders.",
+            features=records.classification_features(names),
+            metadata=tfds.core.MetadataDict(),
+        )
+
+    def dataset_info(self):
+        """The dataset's `ClassificationDatasetInfo`."""
+        return ClassificationDatasetInfo(
+            name=f"{self.name}/{self.builder_config.name}",
+            class_names=self.info.features[records.CLASS_LABEL_KEY].names,
+            splits={split: info.num_examples for split, info in self.info.splits.items()},
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # Paths come from the config.
+        class_names = self.builder_config.resolved_class_names()
+        return {
+            split: self._generate_examples(split, folder, class_names)
+            for split, folder in self.builder_config.split_folders().items()
+        }
+
+    def _generate_examples(self, split, folder, class_names):
+        """Yields `(key, record)` for every image of a split folder."""
+        label_of_class = {name: label for label, name in enumerate(class_names)}
+        log = validation.InvalidExampleLog(
+            f"{self.name}/{self.builder_config.name}", split, self.builder_config.skip_invalid
+        )
+        image_paths = sorted(
+            path
+            for path in folder.glob("*/*")
+            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        for path in image_paths:
+            relative_name = f"{path.parent.name}/{path.name}"
+            try:
+                if path.parent.name not in label_of_class:
+                    raise validation.DataValidationError(
+                        f"{path}: class folder {path.parent.name!r} is not one of the "
+                        f"{len(class_names)} classes of the dataset ({list(class_names)[:10]}...)."
+                    )
+                encoded_image, _ = validation.read_image_for_record(path)
+            except validation.DataValidationError as error:
+                log.record(error)
+                continue
+            yield relative_name, {
+                records.IMAGE_KEY: encoded_image,
+                records.CLASS_LABEL_KEY: label_of_class[path.parent.name],
+                records.FILE_NAME_KEY: relative_name,
+            }
+        log.write_report(self.info.metadata)
+
+
+def check_imagenet_manual_dir(manual_dir):
+    """Checks that the ImageNet archives TFDS needs are in `manual_dir`.
+
+    Args:
+        manual_dir: The manual download directory (may be None).
+
+    Raises:
+        FileNotFoundError: Naming the directory and the missing archives.
+    """
+    if manual_dir is None:
+        raise FileNotFoundError(
+            "imagenet2012 needs a manual_dir with the ImageNet archives.\n" + IMAGENET_INSTRUCTIONS
+        )
+    missing = [name for name in IMAGENET_MANUAL_FILES if not (pathlib.Path(manual_dir) / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"imagenet2012: {missing} not found in the manual dir {manual_dir}.\n"
+            + IMAGENET_INSTRUCTIONS
+        )
