@@ -48,7 +48,7 @@ def load_case(json_path):
     layer = build_layer(spec)
     layer.build(tuple(spec["input_shape"]))
     names = {name_from_checkpoint_key(v["checkpoint_key"]): v["npz_key"] for v in spec["variables"]}
-    unused = assign_deeplab2_values(layer, {n: arrays[k] for n, k in names.items()}, source=str(json_path))
+    unused, _ = assign_deeplab2_values(layer, {n: arrays[k] for n, k in names.items()}, source=str(json_path))
     if unused:
         raise ValueError(f"{json_path}: variables not used by our layer: {unused}")
     return spec, arrays, layer, names

@@ -79,28 +79,34 @@ def name_from_checkpoint_key(key):
 
 
 def assign_deeplab2_values(layer, values, prefix="", source="DeepLab2 weights"):
-    """Assigns DeepLab2 values to a built layer, checking names and sizes.
+    """Assigns DeepLab2 values to a built layer (see `assign_values`)."""
+    return assign_values(deeplab2_variable_map(layer, prefix), values, source)
+
+
+def assign_values(targets, values, source="DeepLab2 weights", strict=True):
+    """Assigns `values[name]` to `targets[name]`, checking names and shapes.
 
     Args:
-        layer: the built axial_tf layer.
-        values: dict of DeepLab2 names (as `deeplab2_variable_map` keys) to arrays.
-        prefix: prefix of this layer's names inside `values`.
+        targets: dict of names to variables (e.g. from `deeplab2_variable_map`).
+        values: dict of the same names to arrays.
         source: what `values` came from, for error messages.
+        strict: every target must get a value; otherwise missing ones are skipped
+            (partial restore) and reported.
 
     Returns:
-        The list of names in `values` that this layer does not use.
+        `(unused, missing)`: sorted names of `values` no target takes, and of
+        targets that got no value (empty when strict).
 
     Raises:
-        ValueError: a variable of the layer has no value, or a value's size does
-            not fit its variable; the message names each offending variable.
+        ValueError: with strict, a target has no value; or a value's shape does
+            not fit its variable. The message names each offending variable.
     """
-    targets = deeplab2_variable_map(layer, prefix)
     missing = sorted(set(targets) - set(values))
-    if missing:
-        raise ValueError(f"{source} lack {len(missing)} variable(s) of {layer.name}: {missing}")
+    if missing and strict:
+        raise ValueError(f"{source} lack {len(missing)} variable(s): {missing}")
     problems = []
-    for name, variable in targets.items():
-        value = np.asarray(values[name])
+    for name in sorted(set(targets) & set(values)):
+        variable, value = targets[name], np.asarray(values[name])
         # Multi-axis BN parameters flatten to our 1-D ones; everything else must match exactly.
         fits = tuple(value.shape) == tuple(variable.shape) or (
             len(variable.shape) == 1 and value.size == variable.shape[0]
@@ -111,4 +117,4 @@ def assign_deeplab2_values(layer, values, prefix="", source="DeepLab2 weights"):
             variable.assign(value.reshape(variable.shape))
     if problems:
         raise ValueError(f"Shape mismatch loading {source}:\n  " + "\n  ".join(problems))
-    return sorted(set(values) - set(targets))
+    return sorted(set(values) - set(targets)), missing

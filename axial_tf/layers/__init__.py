@@ -7,6 +7,8 @@ from axial_tf.layers.conv_bn import ConvBN, same_padding
 from axial_tf.layers.drop_path import DropPath
 from axial_tf.layers.masked_batch_norm import MaskedBatchNormalization
 from axial_tf.layers.relative_positional_encoding import RelativePositionalEncoding
+from axial_tf.layers.resize import resize_bilinear_align_corners
+from axial_tf.layers.separable_conv_bn import SeparableConvBN
 
 __all__ = [
     "AxialAttention",
@@ -16,5 +18,7 @@ __all__ = [
     "DropPath",
     "MaskedBatchNormalization",
     "RelativePositionalEncoding",
+    "SeparableConvBN",
+    "resize_bilinear_align_corners",
     "same_padding",
 ]

@@ -80,7 +80,8 @@ class ConvBN(keras.layers.Layer):
             dilation_rate=self.dilation_rate,
             padding="valid" if self.explicit_padding else "same",
             use_bias=not use_batch_norm,
-            name="conv",
+            # DeepLab2's sub-layer names, so its checkpoints map by name.
+            name="depthwise_conv" if depthwise else "conv",
             dtype=self.dtype_policy,
         )
         if depthwise:

@@ -1,0 +1,76 @@
+"""Panoptic inference: one function shared by evaluation, prediction and export.
+
+Keeping a single path is what makes `tools/evaluate.py`, `tools/predict.py` and
+the exported SavedModel agree bit for bit on the same images.
+"""
+
+from keras import ops
+
+from axial_tf.layers import resize_bilinear_align_corners
+from axial_tf.postprocessing import panoptic_postprocess
+
+
+def _predict_at_scale(model, images, scale, flip, training=False):
+    """Model outputs for `images` resized by `scale` (and mirrored), mapped back to `images`' grid."""
+    size = ops.shape(images)[1:3]
+    scaled = images
+    if scale != 1.0:
+        scaled_size = [ops.cast(ops.round(ops.cast(s, "float32") * scale), "int32") for s in (size[0], size[1])]
+        scaled = resize_bilinear_align_corners(ops.cast(images, "float32"), scaled_size)
+    if flip:
+        scaled = ops.flip(scaled, axis=2)
+    outputs = model(scaled, training=training)
+    probs = ops.softmax(ops.cast(outputs["semantic_logits"], "float32"), axis=-1)
+    center = ops.expand_dims(outputs["center_heatmap"], -1)
+    offset = outputs["offset_map"]
+    if flip:
+        probs, center, offset = (ops.flip(t, axis=2) for t in (probs, center, offset))
+        offset = offset * ops.convert_to_tensor([1.0, -1.0])  # mirrored dx points the other way
+    if scale != 1.0:
+        scaled_size = ops.shape(offset)[1:3]
+        ratio = ops.stack([
+            ops.cast(size[i] - 1, "float32") / ops.cast(ops.maximum(scaled_size[i] - 1, 1), "float32")
+            for i in (0, 1)
+        ])
+        probs, center = (resize_bilinear_align_corners(t, size) for t in (probs, center))
+        offset = resize_bilinear_align_corners(offset, size) * ratio
+    return probs, center[..., 0], offset
+
+
+def predict_dense(model, images, scales=(1.0,), flip=False):
+    """Semantic probabilities, center heatmap and offsets, averaged over scales and flips.
+
+    Every scale runs on the image resized by that factor (the model handles any
+    size), and its outputs are resized back before averaging; with `flip` each
+    scale also runs on the mirrored image. `scales=(1.0,)`, `flip=False` is a
+    single forward pass.
+
+    Args:
+        model: an `AxialDeepLab` (or any model with its output dict).
+        images: float `[B, H, W, 3]` images in [0, 255].
+        scales: input scale factors.
+        flip: also average the horizontally flipped predictions.
+
+    Returns:
+        dict with `semantic_probs` [B, H, W, C], `center_heatmap` [B, H, W] and
+        `offset_map` [B, H, W, 2] (float32).
+    """
+    if not scales or any(s <= 0 for s in scales):
+        raise ValueError(f"scales must be positive factors, got {scales!r}.")
+    runs = [_predict_at_scale(model, images, float(s), f) for s in scales for f in ((False, True) if flip else (False,))]
+    probs, center, offset = (sum(r[i] for r in runs) / len(runs) for i in range(3))
+    return {"semantic_probs": probs, "center_heatmap": center, "offset_map": offset}
+
+
+def predict_panoptic(model, images, postprocess_options, scales=(1.0,), flip=False):
+    """Dense predictions plus the panoptic post-processing (see `panoptic_postprocess`).
+
+    Returns:
+        The dict of `predict_dense` plus `panoptic_pred`, `semantic_pred`,
+        `instance_pred`, `instance_center_pred` and `instance_scores`.
+    """
+    dense = predict_dense(model, images, scales, flip)
+    panoptic = panoptic_postprocess(
+        dense["semantic_probs"], dense["center_heatmap"], dense["offset_map"], postprocess_options
+    )
+    return {**dense, **panoptic}
