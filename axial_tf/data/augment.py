@@ -181,9 +181,13 @@ def photometric_augment(image, seed, options):
         image = tf.image.stateless_random_contrast(image, *options.contrast_range, seed=seeds[1])
     if options.saturation_range[0] < options.saturation_range[1]:
         image = tf.clip_by_value(image, 0.0, 1.0)  # Saturation needs valid RGB.
-        image = tf.image.stateless_random_saturation(image, *options.saturation_range, seed=seeds[2])
+        image = tf.image.stateless_random_saturation(
+            image, *options.saturation_range, seed=seeds[2]
+        )
     if options.hue_delta > 0:
-        image = tf.image.stateless_random_hue(tf.clip_by_value(image, 0.0, 1.0), options.hue_delta, seeds[3])
+        image = tf.image.stateless_random_hue(
+            tf.clip_by_value(image, 0.0, 1.0), options.hue_delta, seeds[3]
+        )
     return tf.clip_by_value(image, 0.0, 1.0) * 255.0
 
 
@@ -211,7 +215,8 @@ def light_autoaugment(image, seed, probability):
         lambda: _posterize(image, bits=4 + tf.cast(magnitude * 3, tf.int32)),
         lambda: _sharpness(image, factor=0.1 + 1.8 * magnitude),
     ]
-    return tf.cond(apply, lambda: tf.switch_case(op_index, branches), lambda: image)
+    augmented = tf.cond(apply, lambda: tf.switch_case(op_index, branches), lambda: image)
+    return tf.clip_by_value(augmented, 0.0, 255.0)
 
 
 def _autocontrast(image):

@@ -12,7 +12,6 @@ config, a dict of config fields (what a YAML file holds), or a config object.
 
 import dataclasses
 
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from axial_tf.data import classification
@@ -40,7 +39,12 @@ _PROJECT_BUILDERS = {
         classification.ImageFolderConfig,
     ),
 }
-PANOPTIC_DATASETS = ("panoptic_shapes", "coco_panoptic_folder", "coco2017_panoptic", "cityscapes_panoptic")
+PANOPTIC_DATASETS = (
+    "panoptic_shapes",
+    "coco_panoptic_folder",
+    "coco2017_panoptic",
+    "cityscapes_panoptic",
+)
 CLASSIFICATION_DATASETS = ("image_folder_classification", IMAGENET_NAME)
 
 
@@ -132,7 +136,7 @@ def prepare(builder, manual_dir=None):
         return builder
     if builder.name == IMAGENET_NAME:
         classification.check_imagenet_manual_dir(manual_dir)
-    elif builder.MANUAL_DOWNLOAD_INSTRUCTIONS and manual_dir is None:
+    elif builder.uses_manual_dir() and manual_dir is None:
         raise FileNotFoundError(
             f"{builder.name} is built from a manual download directory; pass manual_dir.\n"
             f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
@@ -159,9 +163,7 @@ def dataset_info_from_builder(builder, manual_dir=None):
             class_names=builder.info.features[records.CLASS_LABEL_KEY].names,
             splits={split: info.num_examples for split, info in builder.info.splits.items()},
         )
-    if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
-        return builder.dataset_info(manual_dir)
-    return builder.dataset_info()
+    return builder.dataset_info(manual_dir)
 
 
 def get_dataset_info(name, data_dir=None, config=None, manual_dir=None, **config_overrides):
@@ -199,5 +201,5 @@ def read_split(builder, split, input_context=None):
         split = tfds.even_splits(split, n=input_context.num_input_pipelines)[
             input_context.input_pipeline_id
         ]
-    read_config = tfds.ReadConfig(try_autocache=False, options=tf.data.Options())
+    read_config = tfds.ReadConfig(try_autocache=False)
     return builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)

@@ -82,7 +82,13 @@ class CityscapesPanoptic(coco_panoptic.CocoPanopticFolder):
             splits={split: info.num_examples for split, info in self.info.splits.items()},
         )
 
+    def uses_manual_dir(self):
+        """The sources are always in the manual dir."""
+        return True
+
     def _source_splits(self, manual_dir):
+        if manual_dir is None:
+            raise ValueError(f"{self.name}: the sources are read from a manual_dir; pass one.")
         root = pathlib.Path(manual_dir)
         specs = {
             split: coco_panoptic.CocoPanopticSplit(

@@ -36,8 +36,9 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
     """An image-classification folder on disk.
 
     Attributes:
-        root: Folder holding one sub-folder per split.
-        splits: Dict split name -> sub-folder of `root`; empty means every
+        root: Folder holding one sub-folder per split; empty means the manual
+            dir passed to `prepare`.
+        splits: Dict split name -> sub-folder of the root; empty means every
             sub-folder ("val"/"valid" become the split "validation").
         class_names: The classes in label order; empty means the sorted
             class folders of the first split ("train" when present).
@@ -53,9 +54,18 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
     class_names: tuple = ()
     skip_invalid: bool = False
 
-    def split_folders(self):
-        """Dict split name -> split folder (`pathlib.Path`), in a stable order."""
-        root = pathlib.Path(self.root)
+    def split_folders(self, manual_dir=None):
+        """Dict split name -> split folder (`pathlib.Path`), in a stable order.
+
+        Args:
+            manual_dir: The root when the config has none.
+
+        Returns:
+            The split folders, "train" first when present.
+        """
+        if not (self.root or manual_dir):
+            raise ValueError(f"ImageFolderConfig {self.name!r} needs a root or a manual_dir.")
+        root = pathlib.Path(self.root or manual_dir)
         if not root.is_dir():
             raise FileNotFoundError(f"Image folder root {root} does not exist.")
         if self.splits:
@@ -73,19 +83,28 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
             folders = {"train": folders.pop("train"), **folders}
         return folders
 
-    def resolved_class_names(self):
-        """The class names in label order."""
+    def resolved_class_names(self, manual_dir=None):
+        """The class names in label order (see `split_folders` for `manual_dir`)."""
         if self.class_names:
             return tuple(self.class_names)
-        first_split_folder = next(iter(self.split_folders().values()))
+        first_split_folder = next(iter(self.split_folders(manual_dir).values()))
         names = tuple(sorted(path.name for path in first_split_folder.iterdir() if path.is_dir()))
         if not names:
             raise FileNotFoundError(f"No class folders in {first_split_folder}.")
         return names
 
 
+_FOLDER_INSTRUCTIONS = """\
+Put one folder per split (train, val, ...) holding one sub-folder of images per
+class, e.g. train/cat/1.jpg, val/dog/7.png.
+"""
+
+
 class ImageFolderClassification(tfds.core.GeneratorBasedBuilder):
     """Image classification from a folder with one sub-folder per class.
+
+    The predefined config "default" reads the manual dir; name your own config
+    (or pass `root`) to keep several datasets in one data_dir.
 
     Example:
         >>> builder = ImageFolderClassification(
@@ -96,42 +115,50 @@ class ImageFolderClassification(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-
-    def __init__(self, *, config=None, **kwargs):
-        if config is None:
-            raise ValueError(
-                f"{self.name} needs an ImageFolderConfig, e.g. "
-                "config=ImageFolderConfig(name='flowers', root='/data/flowers')."
-            )
-        super().__init__(config=config, **kwargs)
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _FOLDER_INSTRUCTIONS
+    BUILDER_CONFIGS = [ImageFolderConfig(name="default", description="The manual dir.")]
 
     def _info(self):
-        # Once prepared, the class names are restored from the data dir, so the
-        # source folder is only listed when it still exists.
-        names = None
-        if pathlib.Path(self.builder_config.root).is_dir():
-            names = self.builder_config.resolved_class_names()
+        # The class names are set when the folders are read (`_split_generators`)
+        # and restored from the data dir once prepared.
         return tfds.core.DatasetInfo(
             builder=self,
             description="Image classification read from class sub-folders.",
-            features=records.classification_features(names),
+            features=records.classification_features(None),
             metadata=tfds.core.MetadataDict(),
         )
 
-    def dataset_info(self):
-        """The dataset's `ClassificationDatasetInfo`."""
+    def uses_manual_dir(self):
+        """Whether `prepare` needs a manual_dir for this builder and config."""
+        return not self.builder_config.root
+
+    def dataset_info(self, manual_dir=None):
+        """The dataset's `ClassificationDatasetInfo`.
+
+        Args:
+            manual_dir: The root, for an unprepared dataset whose config has none.
+
+        Returns:
+            A `ClassificationDatasetInfo`.
+        """
+        label_feature = self.info.features[records.CLASS_LABEL_KEY]
+        if label_feature.num_classes is not None:
+            class_names = label_feature.names
+        else:
+            class_names = self.builder_config.resolved_class_names(manual_dir)
         return ClassificationDatasetInfo(
             name=f"{self.name}/{self.builder_config.name}",
-            class_names=self.info.features[records.CLASS_LABEL_KEY].names,
+            class_names=class_names,
             splits={split: info.num_examples for split, info in self.info.splits.items()},
         )
 
     def _split_generators(self, dl_manager):
-        del dl_manager  # Paths come from the config.
-        class_names = self.builder_config.resolved_class_names()
+        manual_dir = dl_manager.manual_dir if self.uses_manual_dir() else None
+        class_names = self.builder_config.resolved_class_names(manual_dir)
+        self.info.features[records.CLASS_LABEL_KEY].names = list(class_names)
         return {
             split: self._generate_examples(split, folder, class_names)
-            for split, folder in self.builder_config.split_folders().items()
+            for split, folder in self.builder_config.split_folders(manual_dir).items()
         }
 
     def _generate_examples(self, split, folder, class_names):
@@ -178,7 +205,9 @@ def check_imagenet_manual_dir(manual_dir):
         raise FileNotFoundError(
             "imagenet2012 needs a manual_dir with the ImageNet archives.\n" + IMAGENET_INSTRUCTIONS
         )
-    missing = [name for name in IMAGENET_MANUAL_FILES if not (pathlib.Path(manual_dir) / name).is_file()]
+    missing = [
+        name for name in IMAGENET_MANUAL_FILES if not (pathlib.Path(manual_dir) / name).is_file()
+    ]
     if missing:
         raise FileNotFoundError(
             f"imagenet2012: {missing} not found in the manual dir {manual_dir}.\n"

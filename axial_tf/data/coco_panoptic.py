@@ -93,13 +93,14 @@ def coco_layout_splits(root, split_folders):
 class CocoPanopticFolderConfig(tfds.core.BuilderConfig):
     """A COCO-panoptic dataset on disk.
 
-    Give either `splits` (explicit paths per split) or `root` (COCO 2017
-    layout, see `coco_layout_splits`, with `root_split_folders`).
+    Give `splits` (explicit paths per split), or `root` (COCO 2017 layout,
+    see `coco_layout_splits`, with `root_split_folders`), or neither: then the
+    manual dir passed to `prepare` is the root.
 
     Attributes:
         splits: Dict split name -> `CocoPanopticSplit` (or a dict of its fields).
         root: Root folder in COCO layout, used when `splits` is empty.
-        root_split_folders: Split name -> folder name under `root`.
+        root_split_folders: Split name -> folder name under the root.
         label_divisor: Panoptic label divisor of the records.
         ignore_label: Semantic class of void pixels.
         skip_invalid: Skip and count invalid examples instead of failing.
@@ -118,17 +119,22 @@ class CocoPanopticFolderConfig(tfds.core.BuilderConfig):
     ignore_label: int = DEFAULT_IGNORE_LABEL
     skip_invalid: bool = False
 
-    def split_specs(self):
-        """Dict split name -> `CocoPanopticSplit` (explicit or from `root`)."""
+    def uses_manual_dir(self):
+        """Whether the sources are the manual dir (neither `splits` nor `root`)."""
+        return not self.splits and not self.root
+
+    def split_specs(self, manual_dir=None):
+        """Dict split name -> `CocoPanopticSplit` (explicit, from `root` or the manual dir)."""
         if self.splits:
             return {
                 split: CocoPanopticSplit.from_value(spec) for split, spec in self.splits.items()
             }
-        if self.root:
-            return coco_layout_splits(self.root, self.root_split_folders)
+        root = self.root or manual_dir
+        if root:
+            return coco_layout_splits(root, self.root_split_folders)
         raise ValueError(
-            f"CocoPanopticFolderConfig {self.name!r} needs `splits` (paths per split) "
-            "or `root` (a folder in COCO layout)."
+            f"CocoPanopticFolderConfig {self.name!r} needs `splits` (paths per split), "
+            "`root` (a folder in COCO layout) or a manual_dir in COCO layout."
         )
 
 
@@ -233,8 +239,18 @@ def segments_to_panoptic_label(segment_ids, segments_info, category_to_train_id,
     return values[inverse.reshape(segment_ids.shape)]
 
 
+_FOLDER_INSTRUCTIONS = """\
+Put the dataset in COCO panoptic layout (or give explicit paths in the config):
+  annotations/panoptic_{train,val}.json, annotations/panoptic_{train,val}/*.png,
+  {train,val}/<images named in the JSON>.
+"""
+
+
 class CocoPanopticFolder(tfds.core.GeneratorBasedBuilder):
     """Any dataset in COCO panoptic format, configured by paths.
+
+    The predefined config "default" reads the manual dir in COCO layout; name
+    your own config (or pass `root`) to keep several datasets in one data_dir.
 
     Example:
         >>> config = CocoPanopticFolderConfig(
@@ -248,14 +264,10 @@ class CocoPanopticFolder(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-
-    def __init__(self, *, config=None, **kwargs):
-        if config is None and not self.BUILDER_CONFIGS:
-            raise ValueError(
-                f"{self.name} needs a CocoPanopticFolderConfig with the dataset's paths, "
-                "e.g. config=CocoPanopticFolderConfig(name='my_data', root='/data/my_data')."
-            )
-        super().__init__(config=config, **kwargs)
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _FOLDER_INSTRUCTIONS
+    BUILDER_CONFIGS = [
+        CocoPanopticFolderConfig(name="default", description="The manual dir, in COCO layout.")
+    ]
 
     def _info(self):
         return tfds.core.DatasetInfo(
@@ -284,18 +296,23 @@ class CocoPanopticFolder(tfds.core.GeneratorBasedBuilder):
         specs = self._source_splits(manual_dir)
         smallest = min(
             specs.values(),
-            key=lambda spec: os.path.getsize(spec.annotations_json)
-            if os.path.isfile(spec.annotations_json)
-            else 0,
+            key=lambda spec: (
+                os.path.getsize(spec.annotations_json)
+                if os.path.isfile(spec.annotations_json)
+                else 0
+            ),
         )
         content = read_coco_panoptic_json(smallest.annotations_json)
         info, _ = self._label_space(content["categories"])
         return info
 
+    def uses_manual_dir(self):
+        """Whether `prepare` needs a manual_dir for this builder and config."""
+        return self.builder_config.uses_manual_dir()
+
     def _source_splits(self, manual_dir):
         """Dict split name -> `CocoPanopticSplit` of the source files."""
-        del manual_dir  # Paths come from the config.
-        return self.builder_config.split_specs()
+        return self.builder_config.split_specs(manual_dir)
 
     def _label_space(self, categories):
         """(info, category id -> train id) for this dataset's categories."""
@@ -312,9 +329,10 @@ class CocoPanopticFolder(tfds.core.GeneratorBasedBuilder):
         return pathlib.Path(spec.images_dir) / image_entry["file_name"]
 
     def _split_generators(self, dl_manager):
-        manual_dir = dl_manager.manual_dir if self.MANUAL_DOWNLOAD_INSTRUCTIONS else None
-        specs = self._source_splits(manual_dir)
-        contents = {split: read_coco_panoptic_json(spec.annotations_json) for split, spec in specs.items()}
+        specs = self._source_splits(dl_manager.manual_dir if self.uses_manual_dir() else None)
+        contents = {
+            split: read_coco_panoptic_json(spec.annotations_json) for split, spec in specs.items()
+        }
         # Every split must share one label space; the first split defines it.
         reference_split = next(iter(contents))
         info, category_to_train_id = self._label_space(contents[reference_split]["categories"])
@@ -344,7 +362,9 @@ class CocoPanopticFolder(tfds.core.GeneratorBasedBuilder):
         log = validation.InvalidExampleLog(info.name, split, self.builder_config.skip_invalid)
         for annotation in content["annotations"]:
             try:
-                record = self._load_record(spec, annotation, images_by_id, info, category_to_train_id)
+                record = self._load_record(
+                    spec, annotation, images_by_id, info, category_to_train_id
+                )
             except validation.DataValidationError as error:
                 log.record(error)
                 continue
@@ -428,6 +448,10 @@ class Coco2017Panoptic(CocoPanopticFolder):
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = _COCO_2017_INSTRUCTIONS
     BUILDER_CONFIGS = [ManualDirPanopticConfig(name="default")]
+
+    def uses_manual_dir(self):
+        """The sources are always in the manual dir."""
+        return True
 
     def _source_splits(self, manual_dir):
         if manual_dir is None:

@@ -90,7 +90,9 @@ class InferencePreprocessor:
         Returns:
             int32 [height, width] (or [B, height, width]).
         """
-        label = tf.image.resize(panoptic_label[..., tf.newaxis], meta["valid_size"], method="nearest")
+        label = tf.image.resize(
+            panoptic_label[..., tf.newaxis], meta["valid_size"], method="nearest"
+        )
         return self._pad(label, meta["valid_size"], void_label)[..., 0]
 
     def restore(self, prediction, meta, kind="label"):
@@ -112,7 +114,9 @@ class InferencePreprocessor:
         restored = prediction if has_channels else prediction[..., tf.newaxis]
         restored = restored[: valid_size[0], : valid_size[1]]
         method = "nearest" if kind == "label" else "bilinear"
-        restored = tf.cast(tf.image.resize(restored, original_size, method=method), prediction.dtype)
+        restored = tf.cast(
+            tf.image.resize(restored, original_size, method=method), prediction.dtype
+        )
         if kind == "offsets":
             ratio = tf.cast(original_size, tf.float32) / tf.cast(valid_size, tf.float32)  # (y, x)
             restored = restored * tf.cast(ratio, restored.dtype)
@@ -148,7 +152,9 @@ class InferencePreprocessor:
         if tensor.shape.rank == 4:
             paddings = [[0, 0]] + paddings
         padded = tf.pad(tensor, paddings, constant_values=tf.cast(value, tensor.dtype))
-        return tf.ensure_shape(padded, [None] * (tensor.shape.rank - 3) + [self.height, self.width, None])
+        return tf.ensure_shape(
+            padded, [None] * (tensor.shape.rank - 3) + [self.height, self.width, None]
+        )
 
 
 def classification_eval_image(image, image_size, crop_fraction=0.875):

@@ -14,7 +14,11 @@ import tensorflow_datasets as tfds
 from axial_tf.data import records
 from axial_tf.data import shapes_renderer
 from axial_tf.data import validation
-from axial_tf.data.dataset_info import PanopticDatasetInfo
+from axial_tf.data.dataset_info import (
+    DEFAULT_IGNORE_LABEL,
+    DEFAULT_LABEL_DIVISOR,
+    PanopticDatasetInfo,
+)
 
 # Mixed into every example seed so that the splits never share a scene.
 _SPLIT_CODES = {"train": 0, "validation": 1}
@@ -34,6 +38,8 @@ class PanopticShapesConfig(tfds.core.BuilderConfig):
         max_instances: Most thing instances per image.
         crowd_probability: Chance of a crowd cluster per image.
         void_probability: Chance of a void (corrupted) patch per image.
+        label_divisor: Panoptic label divisor of the records.
+        ignore_label: Semantic class of void pixels.
 
     Example:
         >>> config = PanopticShapesConfig(name="mine", height=96, width=96,
@@ -50,6 +56,8 @@ class PanopticShapesConfig(tfds.core.BuilderConfig):
     max_instances: int = 6
     crowd_probability: float = 0.1
     void_probability: float = 0.1
+    label_divisor: int = DEFAULT_LABEL_DIVISOR
+    ignore_label: int = DEFAULT_IGNORE_LABEL
 
     def scene_options(self):
         """The renderer options of this config."""
@@ -60,6 +68,8 @@ class PanopticShapesConfig(tfds.core.BuilderConfig):
             max_instances=self.max_instances,
             crowd_probability=self.crowd_probability,
             void_probability=self.void_probability,
+            label_divisor=self.label_divisor,
+            ignore_label=self.ignore_label,
         )
 
 
@@ -67,7 +77,8 @@ class PanopticShapes(tfds.core.GeneratorBasedBuilder):
     """Procedural panoptic scenes: textured stuff and overlapping shapes.
 
     Classes (train ids): 0 sky, 1 ground, 2 water (stuff); 3 disc, 4 box,
-    5 triangle, 6 ring (things). Label divisor 1000, void 255.
+    5 triangle, 6 ring (things). Label divisor 1000 and void 255 unless the
+    config says otherwise.
 
     Example:
         >>> builder = PanopticShapes(config="tiny", data_dir="/tmp/tfds")
@@ -113,20 +124,23 @@ class PanopticShapes(tfds.core.GeneratorBasedBuilder):
                 "blur and noise."
             ),
             features=records.panoptic_features(),
-            metadata=tfds.core.MetadataDict(
-                {records.METADATA_KEY: self.dataset_info().to_json()}
-            ),
+            metadata=tfds.core.MetadataDict({records.METADATA_KEY: self.dataset_info().to_json()}),
         )
 
-    def dataset_info(self):
+    def uses_manual_dir(self):
+        """The data are generated: no manual dir."""
+        return False
+
+    def dataset_info(self, manual_dir=None):
         """The label space of this dataset as a `PanopticDatasetInfo`."""
+        del manual_dir  # Generated data have no sources.
         config = self.builder_config
         return PanopticDatasetInfo(
             name=f"panoptic_shapes/{config.name}",
             class_names=shapes_renderer.CLASS_NAMES,
             thing_class_ids=shapes_renderer.THING_CLASS_IDS,
-            label_divisor=shapes_renderer.SceneOptions.label_divisor,
-            ignore_label=shapes_renderer.SceneOptions.ignore_label,
+            label_divisor=config.label_divisor,
+            ignore_label=config.ignore_label,
             splits={"train": config.num_train, "validation": config.num_validation},
         )
 

@@ -69,11 +69,18 @@ def panoptic_train_example(image, panoptic_label, seeds, crop_size, info, augmen
     image = tf.cast(image, tf.float32)
     label = tf.cast(panoptic_label, tf.int32)
     image, label = augment.random_scale(
-        image, label, seeds[0], augmentation.min_scale, augmentation.max_scale, augmentation.scale_step
+        image,
+        label,
+        seeds[0],
+        augmentation.min_scale,
+        augmentation.max_scale,
+        augmentation.scale_step,
     )
     image, label = augment.pad_to_size(image, label, crop_size, pad_value, info.void_label)
     image, label = augment.random_crop(image, label, seeds[1], crop_size)
-    image, label = augment.random_horizontal_flip(image, label, seeds[2], augmentation.flip_probability)
+    image, label = augment.random_horizontal_flip(
+        image, label, seeds[2], augmentation.flip_probability
+    )
     image = augment.photometric_augment(image, seeds[3], augmentation)
     if augmentation.autoaugment_probability > 0:
         image = augment.light_autoaugment(image, seeds[4], augmentation.autoaugment_probability)
@@ -167,7 +174,12 @@ def panoptic_eval_example(record, preprocessor, info):
     """
     image, meta = preprocessor.preprocess_image(record[records.IMAGE_KEY])
     label = preprocessor.preprocess_label(record[records.PANOPTIC_LABEL_KEY], meta, info.void_label)
-    return {"image": image, "panoptic_label": label, **meta, "file_name": record[records.FILE_NAME_KEY]}
+    return {
+        "image": image,
+        "panoptic_label": label,
+        **meta,
+        "file_name": record[records.FILE_NAME_KEY],
+    }
 
 
 def build_panoptic_eval_dataset(examples, info, preprocessor, batch_size, drop_remainder=False):
@@ -222,8 +234,14 @@ def panoptic_train_dataset_fn(builder, split, info, global_batch_size, **kwargs)
     return dataset_fn
 
 
-def panoptic_eval_dataset_fn(builder, split, info, global_batch_size, preprocessor, drop_remainder=False):
-    """A `dataset_fn(input_context)` for distributed evaluation (see `panoptic_train_dataset_fn`)."""
+def panoptic_eval_dataset_fn(
+    builder, split, info, global_batch_size, preprocessor, drop_remainder=False
+):
+    """A `dataset_fn(input_context)` for distributed evaluation.
+
+    Args and returns as for `panoptic_train_dataset_fn`, with the
+    `InferencePreprocessor` and `drop_remainder` of `build_panoptic_eval_dataset`.
+    """
 
     def dataset_fn(input_context=None):
         context = input_context or tf.distribute.InputContext()
@@ -241,7 +259,9 @@ def panoptic_eval_dataset_fn(builder, split, info, global_batch_size, preprocess
 # ------------------------------------------------------------ classification
 
 
-def classification_train_example(image, seeds, image_size, area_range=(0.08, 1.0), flip_probability=0.5):
+def classification_train_example(
+    image, seeds, image_size, area_range=(0.08, 1.0), flip_probability=0.5
+):
     """Random resized crop and flip of one classification image.
 
     Args:
@@ -301,7 +321,10 @@ def build_classification_train_dataset(
         `label` int32 [B].
     """
     examples = examples.map(
-        lambda record: (record[records.IMAGE_KEY], tf.cast(record[records.CLASS_LABEL_KEY], tf.int32)),
+        lambda record: (
+            record[records.IMAGE_KEY],
+            tf.cast(record[records.CLASS_LABEL_KEY], tf.int32),
+        ),
         num_parallel_calls=AUTOTUNE,
     )
     if cache:
@@ -323,7 +346,9 @@ def build_classification_train_dataset(
     return stream.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 
-def build_classification_eval_dataset(examples, image_size, batch_size, crop_fraction=0.875, drop_remainder=False):
+def build_classification_eval_dataset(
+    examples, image_size, batch_size, crop_fraction=0.875, drop_remainder=False
+):
     """One pass over classification records with the eval center crop.
 
     Returns:
@@ -333,7 +358,9 @@ def build_classification_eval_dataset(examples, image_size, batch_size, crop_fra
 
     def prepare(record):
         return {
-            "image": classification_eval_image(record[records.IMAGE_KEY], image_size, crop_fraction),
+            "image": classification_eval_image(
+                record[records.IMAGE_KEY], image_size, crop_fraction
+            ),
             "label": tf.cast(record[records.CLASS_LABEL_KEY], tf.int32),
             "file_name": record[records.FILE_NAME_KEY],
         }
@@ -369,4 +396,3 @@ def classification_eval_dataset_fn(builder, split, global_batch_size, **kwargs):
         )
 
     return dataset_fn
-

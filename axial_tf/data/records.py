@@ -11,9 +11,10 @@ Classification records (image-folder builder, and TFDS `imagenet2012`):
     label:     int64 class id.
     file_name: the source image file name.
 
-The dataset's label space (class names, thing ids, label divisor, ignore
-label) lives in the builder's metadata under `METADATA_KEY`, as the JSON of a
-`PanopticDatasetInfo` / `ClassificationDatasetInfo`.
+A panoptic dataset's label space (class names, thing ids, label divisor,
+ignore label) lives in the builder's metadata under `METADATA_KEY`, as the
+JSON of a `PanopticDatasetInfo`; a classification dataset's class names are
+those of its `label` feature.
 """
 
 import numpy as np
@@ -46,7 +47,8 @@ def classification_features(class_names):
     """The TFDS features of a classification record.
 
     Args:
-        class_names: Sequence of class names; label i is class_names[i].
+        class_names: Sequence of class names (label i is class_names[i]), or
+            None to set them later (`features["label"].names = ...`).
 
     Returns:
         A `tfds.features.FeaturesDict`.
@@ -54,7 +56,9 @@ def classification_features(class_names):
     return tfds.features.FeaturesDict(
         {
             IMAGE_KEY: tfds.features.Image(shape=(None, None, 3)),
-            CLASS_LABEL_KEY: tfds.features.ClassLabel(names=list(class_names)),
+            CLASS_LABEL_KEY: tfds.features.ClassLabel(
+                names=None if class_names is None else list(class_names)
+            ),
             FILE_NAME_KEY: tfds.features.Text(),
         }
     )

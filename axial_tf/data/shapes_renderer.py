@@ -59,7 +59,7 @@ class SceneOptions:
     @property
     def min_instance_area(self):
         """Fewest visible pixels of an instance (scales with the image)."""
-        return max(12, int(0.004 * self.height * self.width))
+        return max(12, int(0.01 * self.height * self.width))
 
 
 def render_scene(rng, options):
@@ -123,7 +123,11 @@ def _render_background(rng, rows, cols):
         field = _smooth_noise(rng, height, width, cells=3)
         semantic[field > rng.uniform(-0.3, 0.5)] = WATER
     image = np.zeros((height, width, 3), np.float32)
-    for class_id, texture in ((SKY, _sky_texture), (GROUND, _ground_texture), (WATER, _water_texture)):
+    for class_id, texture in (
+        (SKY, _sky_texture),
+        (GROUND, _ground_texture),
+        (WATER, _water_texture),
+    ):
         region = semantic == class_id
         if region.any():
             image[region] = texture(rng, rows, cols)[region]
@@ -232,7 +236,10 @@ def _shape_mask(rng, rows, cols, class_id, center, radius):
     vertex_angles = angle + 2 * np.pi * np.arange(3) / 3 + rng.uniform(-0.25, 0.25, 3)
     vertex_radii = radius * 1.2 * rng.uniform(0.85, 1.15, 3)
     vertices = np.stack(
-        [center[0] + vertex_radii * np.sin(vertex_angles), center[1] + vertex_radii * np.cos(vertex_angles)],
+        [
+            center[0] + vertex_radii * np.sin(vertex_angles),
+            center[1] + vertex_radii * np.cos(vertex_angles),
+        ],
         axis=1,
     )  # [3, 2] (y, x)
     return _triangle_mask(rows, cols, vertices)
@@ -252,7 +259,9 @@ def _paint_textured(rng, rows, cols, image, mask):
     """Fills `mask` with a random contrasting colour and texture."""
     background = image[mask].mean(axis=0)  # [3]
     colour = _contrasting_colour(rng, background)
-    texture = rng.choice(["solid", "stripes", "checker", "gradient", "speckle"], p=[0.4, 0.2, 0.15, 0.15, 0.1])
+    texture = rng.choice(
+        ["solid", "stripes", "checker", "gradient", "speckle"], p=[0.4, 0.2, 0.15, 0.15, 0.1]
+    )
     fill = np.broadcast_to(colour, image.shape).copy()  # [H, W, 3]
     angle = rng.uniform(0, np.pi)
     along = rows * np.cos(angle) + cols * np.sin(angle)  # [H, W]
@@ -291,11 +300,15 @@ def _paint_crowd(rng, rows, cols, image, panoptic, options):
     """A tight cluster of tiny same-class objects, labelled as one crowd region."""
     size = min(options.height, options.width)
     class_id = THING_CLASS_IDS[rng.integers(len(THING_CLASS_IDS))]
-    center = np.array([rng.uniform(0.2, 0.8) * options.height, rng.uniform(0.2, 0.8) * options.width])
+    center = np.array(
+        [rng.uniform(0.2, 0.8) * options.height, rng.uniform(0.2, 0.8) * options.width]
+    )
     crowd = np.zeros(rows.shape, bool)
     for _ in range(rng.integers(5, 10)):
         member_center = center + rng.normal(0, 0.07 * size, 2)
-        member = _shape_mask(rng, rows, cols, class_id, member_center, size * rng.uniform(0.035, 0.055))
+        member = _shape_mask(
+            rng, rows, cols, class_id, member_center, size * rng.uniform(0.035, 0.055)
+        )
         if member.any():
             _paint_textured(rng, rows, cols, image, member)
             crowd |= member

@@ -1,0 +1,164 @@
+"""Learning-rate schedules, optimizers, weight decay and gradient handling."""
+
+import math
+
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="axial_tf")
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0, then a poly, cosine, step or constant decay.
+
+    Args:
+        base_learning_rate: rate reached at the end of warm-up.
+        total_steps: training steps (decay ends there).
+        schedule: "poly", "cosine", "step" or "constant".
+        warmup_steps: warm-up length.
+        poly_power: exponent of the poly decay.
+        end_learning_rate: final rate of poly/cosine.
+        step_boundaries: steps where the step schedule multiplies by `step_decay_factor`.
+        step_decay_factor: factor per step boundary.
+    """
+
+    def __init__(self, base_learning_rate, total_steps, schedule="poly", warmup_steps=0, poly_power=0.9,
+                 end_learning_rate=0.0, step_boundaries=(), step_decay_factor=0.1):
+        self.base_learning_rate = float(base_learning_rate)
+        self.total_steps = int(total_steps)
+        self.schedule = schedule
+        self.warmup_steps = int(warmup_steps)
+        self.poly_power = float(poly_power)
+        self.end_learning_rate = float(end_learning_rate)
+        self.step_boundaries = [int(b) for b in step_boundaries]
+        self.step_decay_factor = float(step_decay_factor)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        base, end = self.base_learning_rate, self.end_learning_rate
+        decay_steps = max(self.total_steps - self.warmup_steps, 1)
+        progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
+        if self.schedule == "poly":
+            rate = (base - end) * (1.0 - progress) ** self.poly_power + end
+        elif self.schedule == "cosine":
+            rate = end + 0.5 * (base - end) * (1.0 + tf.cos(math.pi * progress))
+        elif self.schedule == "step":
+            passed = tf.reduce_sum(tf.cast(step >= tf.constant(self.step_boundaries or [0], tf.float32), tf.float32))
+            passed = passed if self.step_boundaries else 0.0
+            rate = base * self.step_decay_factor**passed
+        else:
+            rate = tf.constant(base)
+        if self.warmup_steps:
+            rate = tf.where(step < self.warmup_steps, base * step / self.warmup_steps, rate)
+        return rate
+
+    def get_config(self):
+        return dict(
+            base_learning_rate=self.base_learning_rate, total_steps=self.total_steps, schedule=self.schedule,
+            warmup_steps=self.warmup_steps, poly_power=self.poly_power, end_learning_rate=self.end_learning_rate,
+            step_boundaries=self.step_boundaries, step_decay_factor=self.step_decay_factor,
+        )
+
+
+def build_schedule(optimizer_config, total_steps, multiplier=1.0):
+    """The `WarmupSchedule` of an `OptimizerConfig`, scaled by `multiplier`."""
+    c = optimizer_config
+    return WarmupSchedule(
+        c.learning_rate * multiplier, total_steps, c.schedule, c.warmup_steps, c.poly_power,
+        c.end_learning_rate * multiplier, c.step_boundaries, c.step_decay_factor,
+    )
+
+
+def _make_optimizer(optimizer_config, schedule):
+    c = optimizer_config
+    # Clipping inside the optimizer sees unscaled gradients under loss scaling too.
+    clip = dict(global_clipnorm=c.clip_gradient_norm) if c.clip_gradient_norm is not None else {}
+    if c.name == "sgd":
+        return keras.optimizers.SGD(schedule, momentum=c.momentum, nesterov=c.nesterov, **clip)
+    if c.name == "adamw":
+        return keras.optimizers.AdamW(schedule, weight_decay=c.weight_decay, **clip)
+    return keras.optimizers.Adam(schedule, **clip)
+
+
+def is_decayed(variable):
+    """Weight decay applies to kernels and embeddings, not to biases or BN parameters."""
+    return len(variable.shape) > 1
+
+
+class OptimizerGroup:
+    """One or two optimizers: backbone variables may use a scaled learning rate.
+
+    Adam-type optimizers ignore a gradient scale, so a backbone learning-rate
+    multiplier needs its own optimizer; with a multiplier of 1 there is one.
+    Weight decay is decoupled (AdamW) or an L2 penalty (`l2_penalty`, for adam
+    and sgd). Gradients are clipped by global norm inside each optimizer (so
+    per group when the backbone has its own).
+
+    Args:
+        optimizer_config: an `OptimizerConfig`.
+        total_steps: training steps (for the schedule).
+        backbone_variables: the backbone's trainable variables.
+        mixed_float16: wrap the optimizers in loss scaling.
+    """
+
+    def __init__(self, optimizer_config, total_steps, backbone_variables=(), mixed_float16=False):
+        self.config = optimizer_config
+        self.schedule = build_schedule(optimizer_config, total_steps)
+        self.main = _make_optimizer(optimizer_config, self.schedule)
+        multiplier = optimizer_config.backbone_lr_multiplier
+        self.backbone = None
+        self.backbone_ids = set()
+        if multiplier != 1.0 and backbone_variables:
+            self.backbone = _make_optimizer(optimizer_config, build_schedule(optimizer_config, total_steps, multiplier))
+            self.backbone_ids = {id(v) for v in backbone_variables}
+        if mixed_float16:
+            self.main = keras.optimizers.LossScaleOptimizer(self.main)
+            if self.backbone is not None:
+                self.backbone = keras.optimizers.LossScaleOptimizer(self.backbone)
+
+    @property
+    def iterations(self):
+        return self.main.iterations
+
+    def checkpoint_items(self):
+        items = {"optimizer": self.main}
+        if self.backbone is not None:
+            items["backbone_optimizer"] = self.backbone
+        return items
+
+    def build(self, variables):
+        for optimizer, group in self._groups(variables):
+            inner = getattr(optimizer, "inner_optimizer", optimizer)
+            if self.config.name == "adamw":  # keep BN parameters and biases out of the decay
+                inner.exclude_from_weight_decay(var_list=[v for v in group if not is_decayed(v)])
+            optimizer.build(group)
+
+    def l2_penalty(self, variables):
+        """The L2 weight-decay term for adam/sgd (0 for adamw, whose decay is decoupled)."""
+        if self.config.weight_decay == 0.0 or self.config.name == "adamw":
+            return tf.constant(0.0)
+        return self.config.weight_decay * 0.5 * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32)))
+                                                           for v in variables if is_decayed(v)] or [0.0])
+
+    def scale_loss(self, loss):
+        return self.main.scale_loss(loss) if isinstance(self.main, keras.optimizers.LossScaleOptimizer) else loss
+
+    def apply(self, gradients, variables):
+        """Applies gradients (of the scaled loss); returns their unscaled global norm."""
+        gradients = [tf.convert_to_tensor(g) if g is not None else tf.zeros_like(v) for g, v in zip(gradients, variables)]
+        norm = tf.linalg.global_norm(gradients)
+        if isinstance(self.main, keras.optimizers.LossScaleOptimizer):
+            norm = norm / tf.cast(self.main.dynamic_scale, norm.dtype)
+        pairs = dict(zip([id(v) for v in variables], gradients))
+        for optimizer, group in self._groups(variables):
+            optimizer.apply_gradients([(pairs[id(v)], v) for v in group])
+        return norm
+
+    def _groups(self, variables):
+        if self.backbone is None:
+            return [(self.main, list(variables))]
+        backbone = [v for v in variables if id(v) in self.backbone_ids]
+        rest = [v for v in variables if id(v) not in self.backbone_ids]
+        return [(self.main, rest), (self.backbone, backbone)]
+
+    def learning_rate(self):
+        return self.schedule(self.main.iterations)

@@ -1,0 +1,329 @@
+"""The training and evaluation loop: a custom loop over `strategy.run`.
+
+Keras 3's `model.fit` breaks under MultiWorkerMirroredStrategy
+(keras-team/keras#20585), so training is our own loop: one `tf.function` step
+that runs the task's loss on every replica, sums gradients across replicas and
+applies them. Checkpoints hold the model, the optimizer(s) and the input
+iterator, so a resumed run continues the same example stream and reaches the
+same weights as an uninterrupted one.
+"""
+
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from axial_tf.losses import check_finite
+from axial_tf.training.config import save_config
+from axial_tf.training.optimization import OptimizerGroup
+from axial_tf.training.progress import ProgressBar
+from axial_tf.training.tasks import make_task
+
+
+class TrainingDivergedError(RuntimeError):
+    """A loss became NaN or Inf; the last good checkpoint was kept."""
+
+
+def configure_runtime(config):
+    """Seeds, op determinism and the Keras dtype policy for a run (call before building models)."""
+    keras.utils.set_random_seed(config.training.seed)
+    if config.training.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy(config.training.mixed_precision)
+
+
+class Trainer:
+    """Trains and evaluates the model of an experiment config in `model_dir`.
+
+    Args:
+        config: an `ExperimentConfig`.
+        model_dir: where checkpoints, summaries, `config.yaml` and metrics go.
+        strategy: a `tf.distribute.Strategy` (see `strategies.get_strategy`).
+        log: print function for progress lines (None = silent).
+
+    Example:
+        >>> trainer = Trainer(load_config("configs/demo/panoptic_shapes.yaml"), "runs/demo",
+        ...                   tf.distribute.get_strategy())
+        >>> trainer.train()
+        >>> trainer.evaluate()  # {"pq": ..., "miou": ...}
+    """
+
+    def __init__(self, config, model_dir, strategy, log=print):
+        self.config = config
+        self.model_dir = model_dir
+        self.strategy = strategy
+        self.log = log or (lambda *args, **kwargs: None)
+        configure_runtime(config)
+        self.task = make_task(config)
+        training = config.training
+        if training.batch_size % strategy.num_replicas_in_sync:
+            raise ValueError(
+                f"training.batch_size={training.batch_size} is not divisible by the "
+                f"{strategy.num_replicas_in_sync} replicas of the {type(strategy).__name__}."
+            )
+        with strategy.scope():
+            self.model = self.task.build_model()
+            backbone = getattr(self.model, "backbone", None)
+            self.optimizer = OptimizerGroup(
+                config.optimizer, training.steps,
+                backbone_variables=backbone.trainable_variables if backbone is not None else (),
+                mixed_float16=training.mixed_precision == "mixed_float16",
+            )
+            self.optimizer.build(self.model.trainable_variables)
+            self.metrics = self.task.make_metrics()
+        self._train_iterator = None
+        self._checkpoint = None
+        self._manager = None
+        self._train_step = None
+        self.last_metrics = None
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def step(self):
+        return int(self.optimizer.iterations.numpy())
+
+    def _ensure_train_state(self):
+        """Creates the input iterator and the checkpoint that tracks it (once)."""
+        if self._checkpoint is not None:
+            return
+        dataset = self.strategy.distribute_datasets_from_function(
+            self.task.train_dataset_fn(self.config.training.batch_size)
+        )
+        self._train_iterator = iter(dataset)
+        self._checkpoint = tf.train.Checkpoint(
+            model=self.model, data_iterator=self._train_iterator, **self.optimizer.checkpoint_items()
+        )
+        self._manager = tf.train.CheckpointManager(
+            self._checkpoint, os.path.join(self.model_dir, "checkpoints"),
+            max_to_keep=self.config.training.keep_checkpoints, step_counter=self.optimizer.iterations,
+        )
+
+    def restore_or_initialize(self):
+        """Resumes from the latest checkpoint, else applies `training.init_checkpoint`."""
+        self._ensure_train_state()
+        latest = self._manager.latest_checkpoint
+        if latest:
+            self._checkpoint.restore(latest).assert_existing_objects_matched()
+            self.log(f"Resumed from {latest} (step {self.step}).")
+            return "resumed"
+        if self.config.training.init_checkpoint:
+            report = initialize_from(self.model, self.config.training.init_checkpoint)
+            self.log(
+                f"Initialised from {self.config.training.init_checkpoint}: {report['restored']} variables restored, "
+                f"{len(report['missing'])} not restored" + (f" ({', '.join(report['missing'][:20])}" +
+                                                            (", ..." if len(report["missing"]) > 20 else "") + ")"
+                                                            if report["missing"] else "") + "."
+            )
+            return "initialized"
+        return "fresh"
+
+    # --------------------------------------------------------------- training
+
+    def _build_train_step(self):
+        strategy, task, model, optimizer = self.strategy, self.task, self.model, self.optimizer
+        replicas = strategy.num_replicas_in_sync
+
+        def replica_step(batch):
+            with tf.GradientTape() as tape:
+                losses = task.losses(model, batch, training=True)
+                total = losses["total_loss"] + optimizer.l2_penalty(model.trainable_variables)
+                # Each replica's loss is its own batch mean; gradients are summed across replicas.
+                scaled = optimizer.scale_loss(total / replicas)
+            losses = check_finite({**losses, "total_loss": total})
+            gradients = tape.gradient(scaled, model.trainable_variables)
+            losses["gradient_norm"] = optimizer.apply(gradients, model.trainable_variables)
+            return losses
+
+        if self.config.training.jit_compile:
+            replica_step = tf.function(replica_step, jit_compile=True)
+
+        @tf.function
+        def train_step(iterator):
+            per_replica = strategy.run(replica_step, args=(next(iterator),))
+            return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in per_replica.items()}
+
+        return train_step
+
+    def train(self, steps=None, eval_interval=None):
+        """Trains up to `steps` (default `training.steps`) total steps.
+
+        Args:
+            steps: global step to stop at.
+            eval_interval: evaluate every this many steps (None: never).
+
+        Returns:
+            The last logged losses (dict of floats).
+
+        Raises:
+            TrainingDivergedError: on a NaN/Inf loss; checkpoints written before
+                it are kept and the diverged step is never saved.
+        """
+        t = self.config.training
+        total_steps = steps or t.steps
+        self.restore_or_initialize()
+        save_config(self.config, self.model_dir)
+        if self._train_step is None:
+            self._train_step = self._build_train_step()
+        writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "train"))
+        progress = ProgressBar(total_steps, start=self.step, log=self.log, batch_size=t.batch_size)
+        losses = {}
+        window_start, window_examples = time.time(), 0
+        while self.step < total_steps:
+            try:
+                losses = {k: float(v) for k, v in self._train_step(self._train_iterator).items()}
+            except tf.errors.InvalidArgumentError as error:
+                if "NaN or Inf" not in str(error):
+                    raise
+                message = str(error).splitlines()[0]
+                raise TrainingDivergedError(
+                    f"Training diverged at step {self.step + 1}: {message}. The last good checkpoint "
+                    f"({self._manager.latest_checkpoint or 'none yet'}) is kept; lower the learning rate or "
+                    "enable gradient clipping (optimizer.clip_gradient_norm)."
+                ) from None
+            step = self.step
+            window_examples += t.batch_size
+            progress.update(step, losses)
+            if step % t.summary_interval == 0 or step == total_steps:
+                elapsed = max(time.time() - window_start, 1e-9)
+                with writer.as_default(step=step):
+                    for name, value in losses.items():
+                        tf.summary.scalar(f"losses/{name}", value)
+                    tf.summary.scalar("learning_rate", float(self.optimizer.learning_rate()))
+                    tf.summary.scalar("throughput/images_per_second", window_examples / elapsed)
+                window_start, window_examples = time.time(), 0
+            if step % t.checkpoint_interval == 0 or step == total_steps:
+                self._manager.save(checkpoint_number=step)
+            if eval_interval and (step % eval_interval == 0 or step == total_steps):
+                self.evaluate()
+        progress.close()
+        return losses
+
+    # ------------------------------------------------------------- evaluation
+
+    def _build_eval_step(self):
+        strategy, task, model, metrics = self.strategy, self.task, self.model, self.metrics
+
+        @tf.function
+        def eval_step(iterator):
+            def replica_step(batch):
+                predictions = task.eval_step(model, batch, metrics)
+                return batch, predictions
+
+            return strategy.run(replica_step, args=(next(iterator),))
+
+        return eval_step
+
+    def evaluate(self, split=None, steps=None, output_dir=None, image_summaries=3):
+        """Evaluates the current weights on a split; writes `metrics.json`.
+
+        Args:
+            split: dataset split (default `data.eval_split`).
+            steps: evaluation batches (default `evaluation.steps`, None = all).
+            output_dir: where `metrics.json` goes (default `model_dir/eval`).
+            image_summaries: predictions written as TensorBoard images.
+
+        Returns:
+            The headline metrics (dict of floats, fractions).
+        """
+        e = self.config.evaluation
+        steps = steps or e.steps
+        output_dir = output_dir or os.path.join(self.model_dir, "eval")
+        dataset = self.strategy.distribute_datasets_from_function(self.task.eval_dataset_fn(e.batch_size, split))
+        iterator = iter(dataset)
+        self.metrics.reset_state()
+        eval_step = self._build_eval_step()
+        examples, done = [], 0
+        while steps is None or done < steps:
+            try:
+                batch, predictions = eval_step(iterator)
+            except (StopIteration, tf.errors.OutOfRangeError):
+                break
+            done += 1
+            if len(examples) < image_summaries:
+                examples.append(_first_local(batch, predictions))
+        headline, full = self.task.report(self.metrics)
+        tf.io.gfile.makedirs(output_dir)
+        with tf.io.gfile.GFile(os.path.join(output_dir, "metrics.json"), "w") as stream:
+            json.dump({"step": self.step, "batches": done, **headline, "details": full}, stream, indent=2,
+                      default=_json_default)
+        writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "eval"))
+        with writer.as_default(step=self.step):
+            for name, value in headline.items():
+                tf.summary.scalar(f"metrics/{name}", value)
+            for index, (batch, predictions) in enumerate(examples):
+                if "panoptic_pred" in predictions:
+                    tf.summary.image(f"predictions/{index}", _prediction_image(batch, predictions), max_outputs=1)
+        self.log("Evaluation at step {}: {}".format(self.step, ", ".join(f"{k}={v:.4f}" for k, v in headline.items())))
+        self.last_metrics = headline
+        return headline
+
+
+def _first_local(batch, predictions):
+    """The first replica's first example of an evaluation batch (for image summaries)."""
+    def local(value):
+        values = getattr(value, "values", (value,))
+        return values[0][:1]
+
+    return (tf.nest.map_structure(local, batch), tf.nest.map_structure(local, predictions))
+
+
+def _prediction_image(batch, predictions):
+    """Image | semantic prediction side by side, uint8 [1, H, 2W, 3]."""
+    image = tf.cast(tf.clip_by_value(batch["image"], 0, 255), tf.uint8)
+    semantic = predictions["semantic_pred"]
+    palette = tf.constant(_palette(256), tf.uint8)
+    colours = tf.gather(palette, tf.clip_by_value(semantic, 0, 255))
+    return tf.concat([image, colours], axis=2)
+
+
+def _palette(count):
+    rng = np.random.default_rng(1234)
+    return rng.integers(40, 256, size=(count, 3)).astype(np.uint8)
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"Cannot write {type(value).__name__} to JSON.")
+
+
+def initialize_from(model, path):
+    """Partial initialisation for fine-tuning from a checkpoint or `.keras` model.
+
+    Accepts an axial_tf `.keras` file, an axial_tf training checkpoint (prefix or
+    model dir), or a DeepLab2 checkpoint. Variables found with a matching shape
+    are restored; the rest keep their initial values.
+
+    Returns:
+        dict with `restored` (count) and `missing` (names of model variables not restored).
+    """
+    if str(path).endswith(".keras"):
+        source = keras.models.load_model(path)
+        values = {v.path: v for v in source.weights}
+        restored, missing = 0, []
+        for variable in model.weights:
+            match = values.get(variable.path)
+            if match is not None and tuple(match.shape) == tuple(variable.shape):
+                variable.assign(match)
+                restored += 1
+            else:
+                missing.append(variable.path)
+        return {"restored": restored, "missing": missing}
+    prefix = tf.train.latest_checkpoint(os.path.join(path, "checkpoints")) or tf.train.latest_checkpoint(path) \
+        if os.path.isdir(path) else path
+    if prefix is None:
+        raise FileNotFoundError(f"No checkpoint found at {path}.")
+    keys = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    if any(key.startswith("encoder/_") for key in keys):
+        from axial_tf.checkpoints.deeplab2_converter import load_deeplab2_checkpoint
+
+        report = load_deeplab2_checkpoint(model, prefix, strict=False)
+        return {"restored": report["restored"], "missing": report["missing"]}
+    before = [np.array(v) for v in model.weights]
+    tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
+    changed = [not np.array_equal(b, np.asarray(v)) for b, v in zip(before, model.weights)]
+    return {"restored": int(sum(changed)), "missing": [v.path for v, c in zip(model.weights, changed) if not c]}

@@ -1,0 +1,86 @@
+"""Trains and/or evaluates a model from a YAML or gin experiment config.
+
+    python tools/train.py --config configs/demo/panoptic_shapes.yaml --model_dir runs/demo \
+        [--mode train|eval|train_and_eval|continuous_eval] [--strategy default|mirrored|...] \
+        [--override training.steps=100 --override data.crop_size=[65,65]]
+
+A run resumes from the latest checkpoint in --model_dir; the resolved config is
+saved there as config.yaml.
+"""
+
+import os
+import sys
+import time
+
+from absl import app, flags
+
+flags.DEFINE_string("config", None, "Experiment config file (.yaml/.yml).")
+flags.DEFINE_string("gin_file", None, "Experiment config file in gin syntax (.gin), instead of --config.")
+flags.DEFINE_string("model_dir", None, "Directory for checkpoints, summaries, config.yaml and metrics.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "train_and_eval", "continuous_eval"], "What to run.")
+flags.DEFINE_enum("strategy", None, ["default", "mirrored", "multi_worker_mirrored", "tpu"],
+                  "tf.distribute strategy (default: training.strategy of the config).")
+flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu.")
+flags.DEFINE_multi_string("override", [], "key.sub=value overrides of the config (YAML values).")
+FLAGS = flags.FLAGS
+
+
+def run(config, model_dir, mode, strategy_name, tpu=None, log=print):
+    """Runs `mode` for a loaded config; returns the last metrics or losses."""
+    from axial_tf.training.strategies import get_strategy
+    from axial_tf.training.trainer import Trainer
+
+    strategy = get_strategy(strategy_name or config.training.strategy, tpu)
+    trainer = Trainer(config, model_dir, strategy, log=log)
+    if mode == "train":
+        return trainer.train()
+    if mode == "train_and_eval":
+        trainer.train(eval_interval=config.evaluation.interval)  # evaluates at the last step too
+        return trainer.last_metrics or trainer.evaluate()
+    if mode == "eval":
+        trainer.restore_or_initialize()
+        return trainer.evaluate()
+    return _continuous_eval(trainer, config, log)
+
+
+def _continuous_eval(trainer, config, log):
+    """Evaluates every new checkpoint until the final step (or the timeout)."""
+    import tensorflow as tf
+
+    directory = os.path.join(trainer.model_dir, "checkpoints")
+    timeout = config.evaluation.continuous_eval_timeout
+    metrics = {}
+    for prefix in tf.train.checkpoints_iterator(directory, timeout=timeout):
+        trainer._ensure_train_state()
+        trainer._checkpoint.restore(prefix).expect_partial()
+        metrics = trainer.evaluate()
+        if trainer.step >= config.training.steps:
+            break
+    else:
+        log(f"No new checkpoint within {timeout} s; stopping.")
+    return metrics
+
+
+def main(argv):
+    del argv
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # TFDS reports every dataset read at INFO
+    from axial_tf.training.config import ConfigError, load_config
+    from axial_tf.training.trainer import TrainingDivergedError
+
+    if bool(FLAGS.config) == bool(FLAGS.gin_file):
+        raise app.UsageError("Give exactly one of --config and --gin_file.")
+    if not FLAGS.model_dir:
+        raise app.UsageError("--model_dir is required.")
+    try:
+        config = load_config(FLAGS.config or FLAGS.gin_file, overrides=FLAGS.override)
+        started = time.time()
+        result = run(config, FLAGS.model_dir, FLAGS.mode, FLAGS.strategy, FLAGS.tpu)
+    except (ConfigError, TrainingDivergedError, ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+    print(f"Done in {time.time() - started:.0f} s: " + ", ".join(f"{k}={v:.4f}" for k, v in (result or {}).items()))
+
+
+if __name__ == "__main__":
+    app.run(main)
