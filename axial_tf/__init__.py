@@ -7,3 +7,4 @@ so `keras.models.load_model("model.keras")` works after `import axial_tf`.
 __version__ = "0.1.0"
 
 from axial_tf import layers  # noqa: F401  (registers the layers)
+from axial_tf import models  # noqa: F401  (registers the models)

@@ -101,6 +101,7 @@ def test_length_change_after_build_is_correct(span):
 
 def test_relative_positional_encoding_indexing_and_clipping():
     rpe = RelativePositionalEncoding(depth=2, max_span=3)  # offsets -2..2
+    rpe.build()
     rpe.embeddings.assign(np.arange(10, dtype="float32").reshape(5, 2))
     table = np.asarray(rpe.table(2, 6))
     rows = table[..., 0] / 2  # row index of each (query, key) pair

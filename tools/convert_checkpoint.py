@@ -21,8 +21,9 @@ flags.DEFINE_enum("from", None, ["deeplab2", "pytorch"], "Which implementation w
 flags.DEFINE_string("checkpoint", None, "Checkpoint prefix or directory (DeepLab2), or state-dict file (PyTorch).")
 flags.DEFINE_string("deeplab2_config", None, "DeepLab2 experiment textproto the checkpoint was trained with.")
 flags.DEFINE_string("config", None, "axial_tf experiment config (YAML or gin) with the same architecture.")
-flags.DEFINE_string("pytorch_arch", "axial26s", "PyTorch reference architecture name (see --helpfull).")
-flags.DEFINE_integer("num_classes", 1000, "Classes of the PyTorch classifier head.")
+flags.DEFINE_string("pytorch_arch", None, "PyTorch reference architecture (axial26s, axial50s/m/l); "
+                    "default: inferred from the state dict.")
+flags.DEFINE_integer("num_classes", None, "Classes of the PyTorch classifier head (default: from the state dict).")
 flags.DEFINE_string("output", None, "Where to write the converted model (.keras).")
 flags.DEFINE_bool("allow_missing", False, "Allow model variables absent from the checkpoint (keep their init).")
 FLAGS = flags.FLAGS

@@ -22,6 +22,8 @@ flags.DEFINE_enum("strategy", None, ["default", "mirrored", "multi_worker_mirror
                   "tf.distribute strategy (default: training.strategy of the config).")
 flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu.")
 flags.DEFINE_multi_string("override", [], "key.sub=value overrides of the config (YAML values).")
+flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many logical devices (to try multi-replica "
+                     "strategies on one machine); 0 leaves it as is.")
 FLAGS = flags.FLAGS
 
 
@@ -73,6 +75,11 @@ def main(argv):
         raise app.UsageError("Give exactly one of --config and --gin_file.")
     if not FLAGS.model_dir:
         raise app.UsageError("--model_dir is required.")
+    if FLAGS.cpu_devices:
+        import tensorflow as tf
+
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * FLAGS.cpu_devices)
     try:
         config = load_config(FLAGS.config or FLAGS.gin_file, overrides=FLAGS.override)
         started = time.time()

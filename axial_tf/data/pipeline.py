@@ -101,6 +101,7 @@ def build_panoptic_train_dataset(
     cache=False,
     input_pipeline_id=0,
     pad_value=127.5,
+    start_example=0,
 ):
     """The infinite, batched panoptic training stream of one input pipeline.
 
@@ -118,6 +119,9 @@ def build_panoptic_train_dataset(
             small datasets such as panoptic_shapes).
         input_pipeline_id: The reading worker (part of the augmentation seed).
         pad_value: Image padding value (the model's mean pixel).
+        start_example: Examples of the stream to skip (a resumed run passes what
+            it already consumed); skipped examples are not augmented, and the
+            rest get exactly the seeds they would have had.
 
     Returns:
         A `tf.data.Dataset` of dicts: `image` float32 [B, h, w, 3] in
@@ -140,7 +144,7 @@ def build_panoptic_train_dataset(
         seed=seed * _SHUFFLE_SEED_STRIDE + input_pipeline_id,
         reshuffle_each_iteration=True,
     ).repeat()
-    stream = tf.data.Dataset.zip((examples, tf.data.Dataset.counter()))
+    stream = tf.data.Dataset.zip((examples, tf.data.Dataset.counter())).skip(start_example)
 
     def prepare(example, example_index):
         image, panoptic_label = example
@@ -221,14 +225,14 @@ def panoptic_train_dataset_fn(builder, split, info, global_batch_size, **kwargs)
         pipeline's dataset with per-replica batches.
     """
 
-    def dataset_fn(input_context=None):
+    def dataset_fn(input_context=None, **overrides):  # overrides, e.g. start_example
         context = input_context or tf.distribute.InputContext()
         return build_panoptic_train_dataset(
             builders.read_split(builder, split, context),
             info,
             batch_size=context.get_per_replica_batch_size(global_batch_size),
             input_pipeline_id=context.input_pipeline_id,
-            **kwargs,
+            **{**kwargs, **overrides},
         )
 
     return dataset_fn
@@ -302,6 +306,7 @@ def build_classification_train_dataset(
     input_pipeline_id=0,
     area_range=(0.08, 1.0),
     flip_probability=0.5,
+    start_example=0,
 ):
     """The infinite, batched classification training stream of one pipeline.
 
@@ -315,6 +320,7 @@ def build_classification_train_dataset(
         input_pipeline_id: The reading worker.
         area_range: Random resized crop area range.
         flip_probability: Chance of a horizontal flip.
+        start_example: Examples of the stream to skip (see the panoptic pipeline).
 
     Returns:
         A `tf.data.Dataset` of dicts: `image` float32 [B, s, s, 3] in [0, 255],
@@ -334,7 +340,7 @@ def build_classification_train_dataset(
         seed=seed * _SHUFFLE_SEED_STRIDE + input_pipeline_id,
         reshuffle_each_iteration=True,
     ).repeat()
-    stream = tf.data.Dataset.zip((examples, tf.data.Dataset.counter()))
+    stream = tf.data.Dataset.zip((examples, tf.data.Dataset.counter())).skip(start_example)
 
     def prepare(example, example_index):
         image, label = example
@@ -372,13 +378,13 @@ def build_classification_eval_dataset(
 def classification_train_dataset_fn(builder, split, global_batch_size, **kwargs):
     """A `dataset_fn(input_context)` for classification training."""
 
-    def dataset_fn(input_context=None):
+    def dataset_fn(input_context=None, **overrides):  # overrides, e.g. start_example
         context = input_context or tf.distribute.InputContext()
         return build_classification_train_dataset(
             builders.read_split(builder, split, context),
             batch_size=context.get_per_replica_batch_size(global_batch_size),
             input_pipeline_id=context.input_pipeline_id,
-            **kwargs,
+            **{**kwargs, **overrides},
         )
 
     return dataset_fn

@@ -1,9 +1,21 @@
-"""Position-sensitive 1-D axial-attention (Axial-DeepLab, Wang et al. 2020)."""
+"""Position-sensitive 1-D axial-attention (Axial-DeepLab, Wang et al. 2020).
+
+How it is made fast on CPU without changing the math (see BENCHMARKS.md):
+  * The similarity batch norm is linear per (term, head) and its shift cancels in
+    the softmax, so it is applied as a scale folded into the small q or k factor
+    of each term; the [N, X, heads, Lq, Lk] logits are never normalised or
+    concatenated. Its variables and moving statistics are those of the BN sublayer.
+  * For global attention the training-mode batch statistics come from [d, d]
+    second-moment matrices (the terms are bilinear), not from passes over the logits.
+  * Operand layouts are chosen so that each einsum, and its gradient, is one
+    batched matmul; layout changes are explicit transposes of the smaller tensor
+    wherever possible.
+"""
 
 import keras
 from keras import ops
 
-from axial_tf.layers.masked_batch_norm import MaskedBatchNormalization
+from axial_tf.layers.masked_batch_norm import MaskedBatchNormalization, _all_reduce_sum
 from axial_tf.layers.relative_positional_encoding import DEEPLAB2_MAX_SPAN, RelativePositionalEncoding
 
 # Logits of masked (query, key) pairs. Finite so that a row with no valid key (a
@@ -16,6 +28,24 @@ def _minimum(a, b):
     if isinstance(a, int) and isinstance(b, int):
         return min(a, b)
     return ops.minimum(a, b)
+
+
+def _sum(tensors):
+    """Elementwise sum of a non-empty list (no extra pass adding a zero)."""
+    total = tensors[0]
+    for tensor in tensors[1:]:
+        total = total + tensor
+    return total
+
+
+def _per_head_total(values):
+    """Sums `[..., heads, d]` to `[heads]`: inner axis first, then the leading axes.
+
+    Two contiguous reductions; one reduction over all axes but a middle one is
+    several times slower in TensorFlow on CPU.
+    """
+    per_head = ops.sum(values, axis=-1)
+    return ops.sum(ops.reshape(per_head, (-1, ops.shape(per_head)[-1])), axis=0)
 
 
 def _ceil_div(a, b):
@@ -176,15 +206,20 @@ class AxialAttention(keras.layers.Layer):
         self.batch_norm_qkv.build((None, None, 2 * self.total_key_depth + self.total_value_depth))
         self.batch_norm_similarity.build((None, self.num_similarity_terms * self.num_heads, None, None, None))
         self.batch_norm_retrieved_output.build((None, None, self.num_retrieval_terms * self.total_value_depth))
+        for encoding in (self.query_rpe, self.key_rpe, self.value_rpe):
+            if encoding is not None:
+                encoding.build()
 
     def call(self, inputs, training=None):
         batch, length = ops.shape(inputs)[0], ops.shape(inputs)[1]
         qkv = ops.matmul(inputs, self.qkv_kernel)  # [N, L, 2Dk + Dv]
         qkv = self.batch_norm_qkv(qkv, training=training)
         dk, dv, heads = self.total_key_depth, self.total_value_depth, self.num_heads
-        query = ops.reshape(qkv[..., :dk], (batch, length, heads, self.key_depth_per_head))
-        key = ops.reshape(qkv[..., dk : 2 * dk], (batch, length, heads, self.key_depth_per_head))
-        value = ops.reshape(qkv[..., 2 * dk :], (batch, length, heads, self.value_depth_per_head))
+        # split (not slicing): its gradient is one concatenation, not three padded copies.
+        query, key, value = ops.split(qkv, [dk, 2 * dk], axis=-1)
+        query = ops.reshape(query, (batch, length, heads, self.key_depth_per_head))
+        key = ops.reshape(key, (batch, length, heads, self.key_depth_per_head))
+        value = ops.reshape(value, (batch, length, heads, self.value_depth_per_head))
 
         if self.span is None:
             retrieved = self._attend_global(query, key, value, length, training)
@@ -202,7 +237,7 @@ class AxialAttention(keras.layers.Layer):
         retrieved = self._attend_blocks(
             blocks(query), blocks(key), blocks(value), length, length, 0, None, training
         )
-        return retrieved[:, 0]  # [N, L, terms, heads, dv]
+        return ops.squeeze(retrieved, axis=1)  # [N, L, terms, heads, dv]
 
     def _attend_local(self, query, key, value, length, training):
         """Local attention on blocks of queries against keys within `flange` of the block."""
@@ -246,10 +281,18 @@ class AxialAttention(keras.layers.Layer):
         retrieved = ops.reshape(
             retrieved, (batch, padded, self.num_retrieval_terms, self.num_heads, self.value_depth_per_head)
         )
-        return retrieved[:, :length]
+        # Drop the padding queries (no slice when there are none: its gradient is a full copy).
+        no_padding = isinstance(length, int) and padded == length
+        return retrieved if no_padding else retrieved[:, :length]
 
     def _attend_blocks(self, query, key, value, query_length, key_length, key_start, masks, training):
         """Attention of query blocks on key blocks.
+
+        Logits live in a heads-first `[N, X, heads, Lq, Lk]` layout, so the content
+        products are plain batched matmuls. The relative-encoding products batch
+        over positions instead (the table differs per query), so their operands
+        and results are transposed explicitly: every einsum then maps to one
+        batched matmul without hidden transposes, also in its gradient.
 
         Args:
             query: `[N, X, Lq, heads, dk]` query blocks.
@@ -264,32 +307,201 @@ class AxialAttention(keras.layers.Layer):
         Returns:
             `[N, X, Lq, terms, heads, dv]` retrieved outputs (before their BN).
         """
-        logits = []
-        if self.use_content_similarity:
-            logits.append(ops.einsum("nxlhd,nxmhd->nhxlm", query, key))
-        if self.use_query_rpe_similarity:
-            table = self.query_rpe.table(query_length, key_length, key_start)  # [Lq, Lk, dk]
-            logits.append(ops.einsum("nxlhd,lmd->nhxlm", query, table))
-        if self.use_key_rpe_similarity:
-            table = self.key_rpe.table(query_length, key_length, key_start)  # [Lq, Lk, dk]
-            logits.append(ops.einsum("nxmhd,lmd->nhxlm", key, table))
-        logits = ops.concatenate(logits, axis=1)  # [N, terms * heads, X, Lq, Lk]
-        statistics_mask = None if masks is None else masks[1][None, None]
-        logits = self.batch_norm_similarity(logits, training=training, mask=statistics_mask)
-        shape = ops.shape(logits)
-        logits = ops.reshape(logits, (shape[0], self.num_similarity_terms, self.num_heads, *shape[2:]))
-        logits = ops.sum(logits, axis=1)  # [N, heads, X, Lq, Lk], float32
+        lengths = (query_length, key_length, key_start)
+        logits = self._similarity_logits(query, key, lengths, masks, training)  # [N, X, h, Lq, Lk]
         if masks is not None:
-            logits = ops.where(masks[0][None, None], logits, _MASKED_LOGIT)
+            logits = ops.where(masks[0][:, None], logits, _MASKED_LOGIT)
         weights = ops.cast(ops.softmax(logits, axis=-1), self.compute_dtype)
+        return self._retrieve(weights, value, lengths)
 
+    def _similarity_logits(self, query, key, lengths, masks, training):
+        """Sum of the batch-normalised similarity terms, float32 `[N, X, heads, Lq, Lk]`.
+
+        The BN shifts (beta - mean * scale) are constant over the keys of a softmax
+        row, so they cancel in the softmax and are never added; only the per-(term,
+        head) scales `gamma / sqrt(variance + eps)` matter.
+        """
+        if not (training and self.batch_norm_similarity.trainable):
+            scales = self._similarity_scales(self.batch_norm_similarity.moving_variance)
+            return self._folded_logits(query, key, lengths, scales)
+        if masks is None:
+            moments = self._global_similarity_moments(query, key, *lengths)
+            return self._folded_logits(query, key, lengths, self._batch_similarity_scales(*moments))
+        # Local attention: statistics over the valid pairs of the products themselves.
+        terms = [ops.cast(term, "float32") for term in self._similarity_terms(query, key, query, key, *lengths)]
+        moments = [self._masked_similarity_moments(term, masks[1]) for term in terms]
+        scales = self._batch_similarity_scales(
+            ops.concatenate([mean for mean, _ in moments], axis=0),
+            ops.concatenate([variance for _, variance in moments], axis=0),
+        )
+        # Scales broadcast to [heads, Lq, Lk] so that their gradient reduces leading axes only.
+        logit_shape = (self.num_heads, lengths[0], lengths[1])
+        return _sum([term * ops.broadcast_to(scale[:, None, None], logit_shape) for term, scale in zip(terms, scales)])
+
+    def _folded_logits(self, query, key, lengths, scales):
+        """Similarity logits with each term's BN scale folded into its (small) q or k factor."""
+        scales = iter(scales)
+        content_query = query * self._head_scale(next(scales)) if self.use_content_similarity else None
+        rpe_query = query * self._head_scale(next(scales)) if self.use_query_rpe_similarity else None
+        rpe_key = key * self._head_scale(next(scales)) if self.use_key_rpe_similarity else None
+        terms = self._similarity_terms(content_query, key, rpe_query, rpe_key, *lengths)
+        return _sum([ops.cast(term, "float32") for term in terms])
+
+    def _retrieve(self, weights, value, lengths):
+        """`[N, X, Lq, terms, heads, dv]` retrieved values and value encodings (before their BN)."""
         retrieved = []
         if self.retrieve_value_content:
-            retrieved.append(ops.einsum("nhxlm,nxmhd->nxlhd", weights, value))
+            value_heads = ops.transpose(value, (0, 1, 3, 2, 4))  # [N, X, h, Lk, dv]
+            content = ops.einsum("nxhlm,nxhmd->nxhld", weights, value_heads)
+            retrieved.append(ops.transpose(content, (0, 1, 3, 2, 4)))  # [N, X, Lq, h, dv]
         if self.retrieve_value_rpe:
-            table = self.value_rpe.table(query_length, key_length, key_start)  # [Lq, Lk, dv]
-            retrieved.append(ops.einsum("nhxlm,lmd->nxlhd", weights, table))
+            table = self.value_rpe.table(*lengths)  # [Lq, Lk, dv]
+            weights_by_query = ops.transpose(weights, (3, 0, 1, 2, 4))  # [Lq, N, X, h, Lk]
+            rpe = ops.einsum("lnxhm,lmd->lnxhd", weights_by_query, table)
+            retrieved.append(ops.transpose(rpe, (1, 2, 0, 3, 4)))  # [N, X, Lq, h, dv]
         return ops.stack(retrieved, axis=3)
+
+    def _similarity_terms(self, content_query, key, rpe_query, rpe_key, query_length, key_length, key_start):
+        """The enabled similarity products, each `[N, X, heads, Lq, Lk]`.
+
+        Args:
+            content_query: `[N, X, Lq, heads, dk]` queries of the `q.k` term.
+            key: `[N, X, Lk, heads, dk]` keys of the `q.k` term.
+            rpe_query: `[N, X, Lq, heads, dk]` queries of the `q.r_q` term.
+            rpe_key: `[N, X, Lk, heads, dk]` keys of the `k.r_k` term.
+            query_length: Lq.
+            key_length: Lk.
+            key_start: position of key 0 relative to query 0 within a block.
+
+        Returns:
+            A list with one tensor per enabled term, in BN channel order.
+        """
+        terms = []
+        if self.use_content_similarity:
+            query_heads = ops.transpose(content_query, (0, 1, 3, 2, 4))  # [N, X, h, Lq, dk]
+            key_heads = ops.transpose(key, (0, 1, 3, 2, 4))  # [N, X, h, Lk, dk]
+            terms.append(ops.einsum("nxhld,nxhmd->nxhlm", query_heads, key_heads))
+        if self.use_query_rpe_similarity:
+            table = self.query_rpe.table(query_length, key_length, key_start)  # [Lq, Lk, dk]
+            query_positions = ops.transpose(rpe_query, (2, 0, 1, 3, 4))  # [Lq, N, X, h, dk]
+            term = ops.einsum("lnxhd,lmd->lnxhm", query_positions, table)
+            terms.append(ops.transpose(term, (1, 2, 3, 0, 4)))
+        if self.use_key_rpe_similarity:
+            table = self.key_rpe.table(query_length, key_length, key_start)  # [Lq, Lk, dk]
+            key_positions = ops.transpose(rpe_key, (2, 0, 1, 3, 4))  # [Lk, N, X, h, dk]
+            term = ops.einsum("mnxhd,lmd->mnxhl", key_positions, table)
+            terms.append(ops.transpose(term, (1, 2, 3, 4, 0)))
+        return terms
+
+    def _head_scale(self, scale):
+        """`[heads]` float32 scale -> `[heads, dk]` factor for `[..., heads, dk]` tensors.
+
+        Broadcasting only over leading axes keeps the gradient of the scale a fast
+        reduction over leading axes (a `[heads, 1]` factor would reduce a middle axis).
+        """
+        return ops.broadcast_to(ops.cast(scale, self.compute_dtype)[:, None], (self.num_heads, self.key_depth_per_head))
+
+    def _batch_similarity_scales(self, mean, variance):
+        """Training-mode BN scales from batch moments; updates the moving statistics.
+
+        Args:
+            mean: `[terms * heads]` batch means of the similarity products.
+            variance: `[terms * heads]` batch variances.
+
+        Returns:
+            One `[heads]` scale `gamma / sqrt(variance + eps)` per term.
+        """
+        norm = self.batch_norm_similarity
+        # Same moving-average update as keras.layers.BatchNormalization.
+        norm.moving_mean.assign(norm.moving_mean * norm.momentum + mean * (1.0 - norm.momentum))
+        norm.moving_variance.assign(norm.moving_variance * norm.momentum + variance * (1.0 - norm.momentum))
+        return self._similarity_scales(variance)
+
+    def _similarity_scales(self, variance):
+        """`gamma / sqrt(variance + eps)` of the similarity BN, split into one `[heads]` per term."""
+        norm = self.batch_norm_similarity
+        # beta shifts whole softmax rows, so its gradient is exactly zero. The zero-weight
+        # connection hands optimizers that zero (as a plain BN does) instead of None.
+        scale = norm.gamma * ops.rsqrt(variance + norm.epsilon) + 0.0 * norm.beta
+        return ops.split(scale, self.num_similarity_terms)
+
+    def _global_similarity_moments(self, query, key, query_length, key_length, key_start):
+        """Batch mean and variance of every similarity product, without forming the products.
+
+        Each product is bilinear, so its sum over all (query, key) pairs and its sum of
+        squares follow from `[d, d]` second-moment matrices: e.g. for the content term
+        `sum_lm (q_l.k_m)^2 = <sum_l q_l q_l^T, sum_m k_m k_m^T>`. This costs
+        O(L d^2) per sequence instead of several passes over the O(L^2) logits, and
+        the gradient of the variance flows through the same small tensors.
+
+        Args:
+            query: `[N, X, Lq, heads, dk]` queries (every pair of a block is valid).
+            key: `[N, X, Lk, heads, dk]` keys.
+            query_length: Lq.
+            key_length: Lk.
+            key_start: position of key 0 relative to query 0 within a block.
+
+        Returns:
+            (mean, variance), each `[terms * heads]` in BN channel order.
+        """
+        query = ops.cast(query, "float32")
+        key = ops.cast(key, "float32")
+        shape = ops.shape(query)
+        count = ops.cast(shape[0] * shape[1], "float32") * ops.cast(query_length * key_length, "float32")
+        sums, squares = [], []
+        if self.use_content_similarity:
+            sums.append(_per_head_total(ops.sum(query, axis=2) * ops.sum(key, axis=2)))
+            query_moment = ops.einsum("nxlhd,nxlhe->nxhde", query, query)
+            key_moment = ops.einsum("nxmhd,nxmhe->nxhde", key, key)
+            depth_pairs = self.key_depth_per_head**2
+            squares.append(_per_head_total(ops.reshape(query_moment * key_moment, (-1, self.num_heads, depth_pairs))))
+        for enabled, rpe, vectors, summed_axis in (
+            (self.use_query_rpe_similarity, self.query_rpe, query, 1),
+            (self.use_key_rpe_similarity, self.key_rpe, key, 0),
+        ):
+            if not enabled:
+                continue
+            # Position p of `vectors` (query l or key m) meets the table rows of all its pairs.
+            table = ops.cast(rpe.table(query_length, key_length, key_start), "float32")  # [Lq, Lk, dk]
+            table_by_position = table if summed_axis == 1 else ops.transpose(table, (1, 0, 2))  # [P, pairs, dk]
+            by_position = ops.transpose(vectors, (2, 0, 1, 3, 4))  # [P, N, X, h, dk]
+            row_sums = ops.sum(table_by_position, axis=1)[:, None, None, None]  # [P, 1, 1, 1, dk]
+            sums.append(_per_head_total(by_position * row_sums))
+            table_moment = ops.einsum("pod,poe->pde", table_by_position, table_by_position)  # [P, dk, dk]
+            projected = ops.einsum("pnxhd,pde->pnxhe", by_position, table_moment)
+            squares.append(_per_head_total(projected * by_position))
+        sums, squares = ops.concatenate(sums, axis=0), ops.concatenate(squares, axis=0)
+        if self.sync_batch_norm:
+            count, sums, squares = _all_reduce_sum([count, sums, squares])
+        mean = sums / count
+        return mean, ops.maximum(squares / count - ops.square(mean), 0.0)
+
+    def _masked_similarity_moments(self, term, valid):
+        """Per-head mean and variance of one `[N, X, heads, Lq, Lk]` term over valid pairs.
+
+        Args:
+            term: float32 similarity product.
+            valid: `[X, Lq, Lk]` booleans, True where a (query, key) pair counts.
+
+        Returns:
+            (mean, variance), each `[heads]`.
+        """
+        weights = ops.cast(valid, term.dtype)[:, None]  # [X, 1, Lq, Lk]
+        count = ops.cast(ops.shape(term)[0], term.dtype) * ops.sum(weights)
+
+        def per_head_sum(values):  # [N, X, h, Lq, Lk] -> [h]; contiguous inner reduction first
+            return ops.sum(ops.sum(values, axis=(3, 4)), axis=(0, 1))
+
+        if self.sync_batch_norm:
+            count, total, squares = _all_reduce_sum(
+                [count, per_head_sum(term * weights), per_head_sum(ops.square(term) * weights)]
+            )
+            mean = total / count
+            return mean, ops.maximum(squares / count - ops.square(mean), 0.0)
+        mean = per_head_sum(term * weights) / count
+        # The mean broadcasts over leading axes only, so its gradient is a fast reduction.
+        centred = (term - ops.broadcast_to(mean[:, None, None], ops.shape(term)[2:])) * weights
+        return mean, per_head_sum(ops.square(centred)) / count
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.total_value_depth)

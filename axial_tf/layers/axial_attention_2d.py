@@ -14,6 +14,11 @@ def _pair(value, name):
     return tuple(value)
 
 
+def _subsample(sequences, strides):
+    """Every `strides`-th position of `[N, L, C]` (no op at stride 1: a slice's gradient is a full copy)."""
+    return sequences if strides == 1 else sequences[:, ::strides]
+
+
 @keras.saving.register_keras_serializable(package="axial_tf")
 class AxialAttention2D(keras.layers.Layer):
     """Factorised 2-D self-attention on `[B, H, W, C]` inputs.
@@ -101,13 +106,13 @@ class AxialAttention2D(keras.layers.Layer):
         columns = ops.transpose(inputs, (0, 2, 1, 3))  # [B, W, H, C]
         columns = ops.reshape(columns, (batch * width, height, inputs.shape[-1]))
         columns = self.height_axis(columns, training=training)  # [B*W, H, Dv]
-        columns = columns[:, ::strides]
+        columns = _subsample(columns, strides)
         height = ops.shape(columns)[1]
         rows = ops.reshape(columns, (batch, width, height, self.total_value_depth))
         # Width pass: every row is a sequence along W.
         rows = ops.transpose(rows, (0, 2, 1, 3))  # [B, H', W, Dv]
         rows = ops.reshape(rows, (batch * height, width, self.total_value_depth))
-        rows = self.width_axis(rows, training=training)[:, ::strides]  # [B*H', W', Dv]
+        rows = _subsample(self.width_axis(rows, training=training), strides)  # [B*H', W', Dv]
         return ops.reshape(rows, (batch, height, ops.shape(rows)[1], self.total_value_depth))
 
     def compute_output_shape(self, input_shape):

@@ -51,6 +51,9 @@ class RelativePositionalEncoding(keras.layers.Layer):
         self.depth = int(depth)
         self.max_span = int(max_span)
         self.initializer_stddev = float(initializer_stddev)
+
+    def build(self, input_shape=None):
+        # Created in build (not __init__) so the variable path carries the parents' names.
         self.embeddings = self.add_weight(
             name="embeddings",
             shape=(2 * self.max_span - 1, self.depth),
@@ -68,6 +71,8 @@ class RelativePositionalEncoding(keras.layers.Layer):
         Lengths may be Python ints or scalar tensors (dynamic shapes). The result is
         in the layer's compute dtype, so it mixes with float16 activations.
         """
+        if not self.built:
+            self.build()
         rows = self.rows_for(relative_offsets(query_length, key_length, key_start))
         return ops.take(ops.cast(self.embeddings, self.compute_dtype), rows, axis=0)
 

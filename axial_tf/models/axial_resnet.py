@@ -427,9 +427,9 @@ def endpoint_strides(backbone):
     config = backbone.backbone_config
     plan_strides = {}
     stride = 1 if backbone.stem is None else 2
+    stride *= 2 if config["stem_max_pool"] else 1  # stage1 is taken after the pool
     if backbone.stem is not None:
         plan_strides["stage1"] = stride
-    stride *= 2 if config["stem_max_pool"] else 1
     for index, blocks in stage_plan(config):
         stride *= blocks[0]["strides"]
         plan_strides[f"stage{index}"] = stride

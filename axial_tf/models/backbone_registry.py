@@ -1,7 +1,8 @@
 """Named backbones: each is a configuration of `AxialResNet`.
 
 Names and settings follow DeepLab2's `axial_resnet_instances` and the
-Axial-DeepLab paper (S/M/L = width 0.5 / 0.75 / 1.0); `list_backbones()` lists them.
+Axial-DeepLab paper (S/M/L/XL = width 0.5 / 0.75 / 1.0 / 2.0); `list_backbones()`
+lists them.
 """
 
 import difflib
@@ -32,6 +33,10 @@ BACKBONES = {
     "axial_deeplab_s": dict(_AXIAL_RESNET, stem_type="resnet_beta", width_multiplier=0.5),
     "axial_deeplab_m": dict(_AXIAL_RESNET, stem_type="resnet_beta", width_multiplier=0.75),
     "axial_deeplab_l": dict(_AXIAL_RESNET, stem_type="resnet_beta", width_multiplier=1.0),
+    # XL: "multiply all the channels by ... 2" (paper Sec. 4.1); its M-Adds in Table 6
+    # match a stem scaled with the width (docs/paper_facts.md).
+    "axial_resnet_xl": dict(_AXIAL_RESNET, width_multiplier=2.0, stem_width_multiplier=2.0),
+    "axial_deeplab_xl": dict(_AXIAL_RESNET, stem_type="resnet_beta", width_multiplier=2.0, stem_width_multiplier=2.0),
     "max_deeplab_s_backbone": dict(
         stem_type="resnet_beta", use_axial_beyond_stride=16, drop_path_keep_prob=0.8, drop_path_beyond_stride=16
     ),

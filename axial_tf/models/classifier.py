@@ -111,6 +111,7 @@ class AxialResNetClassifier(keras.Model):
         if feature_key not in endpoints:
             raise ValueError(f"feature_key {feature_key!r} is not a backbone endpoint: {sorted(endpoints)}.")
 
+        kwargs.setdefault("name", "axial_resnet_classifier")
         images = keras.Input((None, None, backbone.backbone_config["input_channels"]), name="images")
         x = images
         if input_normalization is not None:
@@ -164,34 +165,3 @@ class AxialResNetClassifier(keras.Model):
             config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         return cls(**config)
 
-
-def build_classifier(model_config, **backbone_overrides):
-    """Builds the classifier an experiment config describes.
-
-    Args:
-        model_config: `axial_tf.training.config.ModelConfig` with
-            `task="classification"`.
-        **backbone_overrides: further `AxialResNet` settings from other config
-            sections (e.g. `remat`, `sync_batch_norm`); they win over
-            `model_config.backbone_overrides`.
-
-    Returns:
-        An `AxialResNetClassifier` named after the backbone.
-
-    Raises:
-        ValueError: the config is not a classification config.
-    """
-    if model_config.task != "classification":
-        raise ValueError(f"build_classifier needs model.task 'classification', got {model_config.task!r}.")
-    overrides = {
-        **model_config.backbone_overrides,
-        "output_stride": model_config.output_stride,
-        **backbone_overrides,
-    }
-    return AxialResNetClassifier(
-        model_config.backbone,
-        num_classes=model_config.num_classes,
-        backbone_overrides=overrides,
-        dropout=model_config.classifier_dropout,
-        name=f"{model_config.backbone}_classifier",
-    )

@@ -4,23 +4,20 @@ A task knows its dataset, builds the model, computes the losses of a batch and
 runs one evaluation step into its metrics. The trainer is task-agnostic.
 """
 
-import dataclasses
-
 import keras
 import tensorflow as tf
 
 from axial_tf import data
+from axial_tf.export.loading import (
+    builder_from_config,
+    dataset_info_from_config,
+    inference_preprocessor_from_config,
+    postprocess_options_from_config,
+)
 from axial_tf.losses import PanopticLoss
 from axial_tf.metrics import PanopticEvaluator
 from axial_tf.models.factory import build_model
 from axial_tf.models.inference import predict_panoptic
-from axial_tf.postprocessing import PostProcessOptions
-
-
-def _builder(config):
-    options = dict(config.data.builder_options)
-    return data.get_builder(config.data.dataset, data_dir=config.data.data_dir, config=options.pop("config", None),
-                            **options)
 
 
 def _augmentation(aug):
@@ -44,11 +41,8 @@ class PanopticTask:
 
     def __init__(self, config):
         self.config = config
-        self.builder = data.prepare(_builder(config), manual_dir=config.data.manual_dir)
-        info = data.dataset_info_from_builder(self.builder, manual_dir=config.data.manual_dir)
-        overrides = {k: v for k, v in (("label_divisor", config.data.label_divisor),
-                                        ("ignore_label", config.data.ignore_label)) if v is not None}
-        self.info = dataclasses.replace(info, **overrides) if overrides else info
+        self.builder = data.prepare(builder_from_config(config), manual_dir=config.data.manual_dir)
+        self.info = dataset_info_from_config(config)
         if config.model.num_classes != self.info.num_classes:
             raise ValueError(
                 f"model.num_classes is {config.model.num_classes} but dataset {config.data.dataset!r} has "
@@ -62,19 +56,9 @@ class PanopticTask:
             top_k_percent=losses.semantic_top_k_percent,
             ignore_label=self.info.ignore_label,
         )
-        post = config.evaluation.postprocessing
-        self.postprocess_options = PostProcessOptions.with_merge_style(
-            post.merge_style,
-            thing_class_ids=tuple(self.info.thing_class_ids),
-            label_divisor=self.info.label_divisor,
-            void_label=self.info.ignore_label,
-            center_threshold=post.center_threshold,
-            nms_kernel=post.nms_kernel,
-            keep_k_centers=post.keep_k_centers,
-            stuff_area_limit=post.stuff_area_limit,
-        )
-        crop = config.data.crop_size
-        self.preprocessor = data.InferencePreprocessor(height=crop[0], width=crop[1])
+        # The same pre- and post-processing as export and prediction.
+        self.postprocess_options = postprocess_options_from_config(config, self.info)
+        self.preprocessor = inference_preprocessor_from_config(config)
 
     def build_model(self):
         return build_model(self.config.model, sync_batch_norm=self.config.training.sync_batch_norm)
@@ -129,8 +113,8 @@ class ClassificationTask:
 
     def __init__(self, config):
         self.config = config
-        self.builder = data.prepare(_builder(config), manual_dir=config.data.manual_dir)
-        self.info = data.dataset_info_from_builder(self.builder, manual_dir=config.data.manual_dir)
+        self.builder = data.prepare(builder_from_config(config), manual_dir=config.data.manual_dir)
+        self.info = dataset_info_from_config(config)
         if config.model.num_classes != self.info.num_classes:
             raise ValueError(
                 f"model.num_classes is {config.model.num_classes} but dataset {config.data.dataset!r} has "

@@ -21,6 +21,7 @@ from axial_tf.training.config import save_config
 from axial_tf.training.optimization import OptimizerGroup
 from axial_tf.training.progress import ProgressBar
 from axial_tf.training.tasks import make_task
+from axial_tf.utils.visualization import class_palette, encode_panoptic_rgb
 
 
 class TrainingDivergedError(RuntimeError):
@@ -79,6 +80,12 @@ class Trainer:
         self._manager = None
         self._train_step = None
         self.last_metrics = None
+        self.is_chief = _is_chief(strategy)
+        # Non-chief workers of a multi-worker run write their (identical) checkpoints
+        # to a private folder, as tf.distribute requires, and no summaries.
+        self.checkpoint_dir = os.path.join(
+            model_dir if self.is_chief else os.path.join(model_dir, f".worker_{_task_id(strategy)}"), "checkpoints"
+        )
 
     # ------------------------------------------------------------------ state
 
@@ -87,20 +94,30 @@ class Trainer:
         return int(self.optimizer.iterations.numpy())
 
     def _ensure_train_state(self):
-        """Creates the input iterator and the checkpoint that tracks it (once)."""
+        """Creates the checkpoint of model and optimizer state (once)."""
         if self._checkpoint is not None:
             return
-        dataset = self.strategy.distribute_datasets_from_function(
-            self.task.train_dataset_fn(self.config.training.batch_size)
-        )
-        self._train_iterator = iter(dataset)
-        self._checkpoint = tf.train.Checkpoint(
-            model=self.model, data_iterator=self._train_iterator, **self.optimizer.checkpoint_items()
-        )
+        self._checkpoint = tf.train.Checkpoint(**model_checkpoint_items(self.model), **self.optimizer.checkpoint_items())
         self._manager = tf.train.CheckpointManager(
-            self._checkpoint, os.path.join(self.model_dir, "checkpoints"),
+            self._checkpoint, self.checkpoint_dir,
             max_to_keep=self.config.training.keep_checkpoints, step_counter=self.optimizer.iterations,
         )
+
+    def _make_train_iterator(self):
+        """The training input, continued where the restored step left it.
+
+        Distributed iterators cannot be checkpointed, so a resumed run skips the
+        examples it already consumed; the pipeline's randomness is keyed by the
+        example's position, so the remaining stream is exactly the original one.
+        """
+        training = self.config.training
+        dataset_fn = self.task.train_dataset_fn(training.batch_size)
+        consumed = self.step * training.batch_size
+
+        def skipping_fn(context):
+            return dataset_fn(context, start_example=consumed // context.num_input_pipelines)
+
+        self._train_iterator = iter(self.strategy.distribute_datasets_from_function(skipping_fn))
 
     def restore_or_initialize(self):
         """Resumes from the latest checkpoint, else applies `training.init_checkpoint`."""
@@ -134,8 +151,10 @@ class Trainer:
                 # Each replica's loss is its own batch mean; gradients are summed across replicas.
                 scaled = optimizer.scale_loss(total / replicas)
             losses = check_finite({**losses, "total_loss": total})
-            gradients = tape.gradient(scaled, model.trainable_variables)
-            losses["gradient_norm"] = optimizer.apply(gradients, model.trainable_variables)
+            # The finiteness checks must run before the update, so a NaN step changes nothing.
+            with tf.control_dependencies(list(losses.values())):
+                gradients = tape.gradient(scaled, model.trainable_variables)
+                losses["gradient_norm"] = optimizer.apply(gradients, model.trainable_variables)
             return losses
 
         if self.config.training.jit_compile:
@@ -165,10 +184,13 @@ class Trainer:
         t = self.config.training
         total_steps = steps or t.steps
         self.restore_or_initialize()
-        save_config(self.config, self.model_dir)
+        if self._train_iterator is None:
+            self._make_train_iterator()
+        if self.is_chief:
+            save_config(self.config, self.model_dir)
         if self._train_step is None:
             self._train_step = self._build_train_step()
-        writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "train"))
+        writer = _summary_writer(os.path.join(self.model_dir, "train"), self.is_chief)
         progress = ProgressBar(total_steps, start=self.step, log=self.log, batch_size=t.batch_size)
         losses = {}
         window_start, window_examples = time.time(), 0
@@ -178,7 +200,7 @@ class Trainer:
             except tf.errors.InvalidArgumentError as error:
                 if "NaN or Inf" not in str(error):
                     raise
-                message = str(error).splitlines()[0]
+                message = next(line for line in str(error).splitlines() if "NaN or Inf" in line).strip()
                 raise TrainingDivergedError(
                     f"Training diverged at step {self.step + 1}: {message}. The last good checkpoint "
                     f"({self._manager.latest_checkpoint or 'none yet'}) is kept; lower the learning rate or "
@@ -217,7 +239,7 @@ class Trainer:
 
         return eval_step
 
-    def evaluate(self, split=None, steps=None, output_dir=None, image_summaries=3):
+    def evaluate(self, split=None, steps=None, output_dir=None, image_summaries=3, save_predictions=None):
         """Evaluates the current weights on a split; writes `metrics.json`.
 
         Args:
@@ -225,6 +247,8 @@ class Trainer:
             steps: evaluation batches (default `evaluation.steps`, None = all).
             output_dir: where `metrics.json` goes (default `model_dir/eval`).
             image_summaries: predictions written as TensorBoard images.
+            save_predictions: also write every panoptic prediction as a PNG under
+                `output_dir/predictions` (default `evaluation.save_predictions`).
 
         Returns:
             The headline metrics (dict of floats, fractions).
@@ -236,6 +260,8 @@ class Trainer:
         iterator = iter(dataset)
         self.metrics.reset_state()
         eval_step = self._build_eval_step()
+        save_predictions = e.save_predictions if save_predictions is None else save_predictions
+        prediction_dir = os.path.join(output_dir, "predictions")
         examples, done = [], 0
         while steps is None or done < steps:
             try:
@@ -243,13 +269,17 @@ class Trainer:
             except (StopIteration, tf.errors.OutOfRangeError):
                 break
             done += 1
+            if save_predictions and "panoptic_pred" in predictions:
+                write_panoptic_pngs(batch, predictions, prediction_dir)
             if len(examples) < image_summaries:
                 examples.append(_first_local(batch, predictions))
         headline, full = self.task.report(self.metrics)
-        tf.io.gfile.makedirs(output_dir)
-        with tf.io.gfile.GFile(os.path.join(output_dir, "metrics.json"), "w") as stream:
-            json.dump({"step": self.step, "batches": done, **headline, "details": full}, stream, indent=2,
-                      default=_json_default)
+        if self.is_chief:
+            _write_metrics(output_dir, {"step": self.step, "batches": done, **headline, "details": full})
+
+        if not self.is_chief:
+            self.last_metrics = headline
+            return headline
         writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "eval"))
         with writer.as_default(step=self.step):
             for name, value in headline.items():
@@ -260,6 +290,53 @@ class Trainer:
         self.log("Evaluation at step {}: {}".format(self.step, ", ".join(f"{k}={v:.4f}" for k, v in headline.items())))
         self.last_metrics = headline
         return headline
+
+
+def model_checkpoint_items(model):
+    """Checkpoint items holding every model variable under its unique Keras path.
+
+    TF's object tracking does not see Keras 3 layers kept in lists (stages,
+    blocks) nor the random-generator states, so the variables are saved as one
+    flat mapping `path -> variable`, which covers all of them.
+    """
+    variables = {variable.path: variable for variable in model.variables}
+    if len(variables) != len(model.variables):
+        raise ValueError(f"{model.name} has variables with the same path; they cannot be checkpointed by name.")
+    return {"model_variables": variables}
+
+
+def _is_chief(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
+                                              and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def _task_id(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return f"{resolver.task_type}_{resolver.task_id}" if resolver is not None else "0"
+
+
+def _summary_writer(directory, enabled):
+    return tf.summary.create_file_writer(directory) if enabled else tf.summary.create_noop_writer()
+
+
+def _write_metrics(output_dir, values):
+    tf.io.gfile.makedirs(output_dir)
+    with tf.io.gfile.GFile(os.path.join(output_dir, "metrics.json"), "w") as stream:
+        json.dump(values, stream, indent=2, default=_json_default)
+
+
+def write_panoptic_pngs(batch, predictions, directory):
+    """Writes each example's `panoptic_pred` as `directory/<file name>.png` (all replicas)."""
+    tf.io.gfile.makedirs(directory)
+    names = getattr(batch["file_name"], "values", (batch["file_name"],))
+    maps = getattr(predictions["panoptic_pred"], "values", (predictions["panoptic_pred"],))
+    for replica_names, replica_maps in zip(names, maps):
+        for name, panoptic in zip(replica_names.numpy(), replica_maps):
+            stem = os.path.splitext(os.path.basename(name.decode()))[0]
+            tf.io.write_file(os.path.join(directory, stem + ".png"), tf.io.encode_png(encode_panoptic_rgb(panoptic)))
 
 
 def _first_local(batch, predictions):
@@ -275,14 +352,9 @@ def _prediction_image(batch, predictions):
     """Image | semantic prediction side by side, uint8 [1, H, 2W, 3]."""
     image = tf.cast(tf.clip_by_value(batch["image"], 0, 255), tf.uint8)
     semantic = predictions["semantic_pred"]
-    palette = tf.constant(_palette(256), tf.uint8)
+    palette = tf.constant(class_palette(256), tf.uint8)
     colours = tf.gather(palette, tf.clip_by_value(semantic, 0, 255))
     return tf.concat([image, colours], axis=2)
-
-
-def _palette(count):
-    rng = np.random.default_rng(1234)
-    return rng.integers(40, 256, size=(count, 3)).astype(np.uint8)
 
 
 def _json_default(value):
@@ -323,7 +395,18 @@ def initialize_from(model, path):
 
         report = load_deeplab2_checkpoint(model, prefix, strict=False)
         return {"restored": report["restored"], "missing": report["missing"]}
-    before = [np.array(v) for v in model.weights]
-    tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
-    changed = [not np.array_equal(b, np.asarray(v)) for b, v in zip(before, model.weights)]
-    return {"restored": int(sum(changed)), "missing": [v.path for v, c in zip(model.weights, changed) if not c]}
+    saved = {key.split("/.ATTRIBUTES")[0] for key in keys if key.startswith("model_variables/")}
+    targets = model_checkpoint_items(model)["model_variables"]
+    shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    present = {}
+    for path, variable in targets.items():
+        key = "model_variables/" + _escape(path)
+        if key in saved and tuple(shapes[key + "/.ATTRIBUTES/VARIABLE_VALUE"]) == tuple(variable.shape):
+            present[path] = variable
+    tf.train.Checkpoint(model_variables=present).restore(prefix).expect_partial()
+    return {"restored": len(present), "missing": sorted(set(targets) - set(present))}
+
+
+def _escape(name):
+    """How TF writes a dict key into a checkpoint key ('/' -> '.S', '.' -> '..')."""
+    return name.replace(".", "..").replace("/", ".S")

@@ -1,0 +1,164 @@
+"""The servable panoptic model: uint8 images or encoded bytes in, panoptic maps out.
+
+Everything between the client's pixels and the answer runs in the graph, with
+the functions evaluation uses: `InferencePreprocessor.preprocess_image` (the
+resize/pad to the model input size), `predict_panoptic` (model, multi-scale
+and flip averaging, Panoptic-DeepLab post-processing) and
+`InferencePreprocessor.restore` back to each image's own size. So the exported
+`panoptic_pred` is the evaluation prediction, bit for bit.
+"""
+
+import tensorflow as tf
+
+from axial_tf.export.serving import ServingModule, decode_image
+from axial_tf.models.inference import predict_panoptic
+
+IMAGE_SIZE_OUTPUT = "image_size"
+
+# Output name -> `InferencePreprocessor.restore` kind.
+PANOPTIC_OUTPUTS = {
+    "panoptic_pred": "label",
+    "semantic_pred": "label",
+    "instance_pred": "label",
+    "semantic_probs": "logits",
+    "center_heatmap": "logits",
+    "offset_map": "offsets",
+}
+
+
+class PanopticServingModule(ServingModule):
+    """An `AxialDeepLab` with evaluation's pre- and post-processing, as serving signatures.
+
+    `serve_images` (exported as `serving_default`) takes a batch of same-sized
+    uint8 images `[B, H, W, 3]`; `serve_encoded` (`serving_encoded`) takes
+    `[B]` JPEG/PNG byte strings whose images may differ in size: each is
+    decoded and preprocessed on its own, the batch runs through the model
+    together (all images have the model input size after preprocessing), and
+    each prediction is restored to its image's size and then padded at the
+    bottom/right to the largest image of the batch (void / zeros); the
+    `image_size` output [B, 2] says how much of each map is valid. A batch
+    needs at least one image.
+
+    Outputs, at the input resolution: `panoptic_pred`, `semantic_pred`,
+    `instance_pred` (int32 [B, H, W]), `semantic_probs` (float32
+    [B, H, W, C]), `center_heatmap` (float32 [B, H, W]) and `offset_map`
+    (float32 [B, H, W, 2], (dy, dx) in pixels of the output resolution).
+
+    Args:
+        model: An `AxialDeepLab` (float images in [0, 255] -> dict of maps).
+        postprocess_options: `PostProcessOptions` of evaluation.
+        preprocessor: The evaluation `InferencePreprocessor`.
+        scales: Multi-scale inference factors (`evaluation.eval_scales`).
+        flip: Average with the mirrored image (`evaluation.flip`).
+
+    Example:
+        >>> module = PanopticServingModule(model, options, preprocessor)
+        >>> outputs = module.serve_images(tf.zeros([1, 33, 47, 3], tf.uint8))
+        >>> tf.saved_model.save(module, "export/1", signatures=module.signatures())
+    """
+
+    def __init__(self, model, postprocess_options, preprocessor, scales=(1.0,), flip=False):
+        super().__init__(model, name="axial_deeplab_serving")
+        self._postprocess_options = postprocess_options
+        self._preprocessor = preprocessor
+        self._scales = tuple(float(s) for s in scales)
+        self._flip = bool(flip)
+
+    @property
+    def postprocess_options(self):
+        """The `PostProcessOptions` baked into the graph."""
+        return self._postprocess_options
+
+    @property
+    def preprocessor(self):
+        """The `InferencePreprocessor` baked into the graph."""
+        return self._preprocessor
+
+    @property
+    def scales(self):
+        """Multi-scale inference factors."""
+        return self._scales
+
+    @property
+    def flip(self):
+        """Whether the mirrored image is averaged in."""
+        return self._flip
+
+    def _serve_images(self, images):
+        """Panoptic prediction of a batch of same-sized uint8 RGB images [B, H, W, 3]."""
+        prepared, meta = self._preprocessor.preprocess_image(images)  # [B, h, w, 3] float32
+        batch = tf.shape(images)[0]
+        original_sizes = tf.tile(meta["original_size"][tf.newaxis], [batch, 1])  # [B, 2]
+        valid_sizes = tf.tile(meta["valid_size"][tf.newaxis], [batch, 1])  # [B, 2]
+        return self._predict_and_restore(prepared, original_sizes, valid_sizes, meta["original_size"])
+
+    def _serve_encoded(self, image_bytes):
+        """Panoptic prediction of [B] encoded images (any mix of sizes), plus `image_size` [B, 2]."""
+        input_spec = tf.TensorSpec([*self._preprocessor.size, 3], tf.float32)
+        size_spec = tf.TensorSpec([2], tf.int32)
+
+        def decode_and_prepare(contents):
+            prepared, meta = self._preprocessor.preprocess_image(decode_image(contents))
+            return prepared, meta["original_size"], meta["valid_size"]
+
+        prepared, original_sizes, valid_sizes = tf.map_fn(
+            decode_and_prepare, image_bytes, fn_output_signature=(input_spec, size_spec, size_spec)
+        )  # [B, h, w, 3], [B, 2], [B, 2]
+        # The zero row keeps the maximum defined for an empty batch.
+        output_size = tf.reduce_max(tf.concat([original_sizes, tf.zeros([1, 2], tf.int32)], 0), axis=0)
+        outputs = self._predict_and_restore(prepared, original_sizes, valid_sizes, output_size)
+        outputs[IMAGE_SIZE_OUTPUT] = original_sizes
+        return outputs
+
+    def _predict_and_restore(self, prepared, original_sizes, valid_sizes, output_size):
+        """Evaluation's prediction on preprocessed images, each mapped back to its own size.
+
+        Args:
+            prepared: float32 [B, h, w, 3] at the model input size.
+            original_sizes: int32 [B, 2] size of each image before preprocessing.
+            valid_sizes: int32 [B, 2] size of its content inside `prepared`.
+            output_size: int32 [2] (height, width) every output is padded to.
+
+        Returns:
+            Dict of the `PANOPTIC_OUTPUTS`, [B, output_size..., ...].
+        """
+        predictions = predict_panoptic(
+            self.model, prepared, self._postprocess_options, scales=self._scales, flip=self._flip
+        )
+        predictions = {name: predictions[name] for name in PANOPTIC_OUTPUTS}
+        fill_values = self._fill_values()
+
+        def restore_one(elements):
+            maps, original_size, valid_size = elements
+            meta = {"original_size": original_size, "valid_size": valid_size}
+            restored = {}
+            for name, kind in PANOPTIC_OUTPUTS.items():
+                value = self._preprocessor.restore(maps[name], meta, kind=kind)
+                restored[name] = _pad_to(value, output_size, fill_values[name])
+            return restored
+
+        output_spec = {
+            name: tf.TensorSpec([None, None, *value.shape[3:]], value.dtype) for name, value in predictions.items()
+        }
+        return tf.map_fn(
+            restore_one, (predictions, original_sizes, valid_sizes), fn_output_signature=output_spec
+        )
+
+    def _fill_values(self):
+        """What pads a smaller image's maps in a mixed-size batch: void labels and zeros."""
+        options = self._postprocess_options
+        return {
+            "panoptic_pred": options.void_label * options.label_divisor,
+            "semantic_pred": options.void_label,
+            "instance_pred": 0,
+            "semantic_probs": 0.0,
+            "center_heatmap": 0.0,
+            "offset_map": 0.0,
+        }
+
+
+def _pad_to(value, size, fill_value):
+    """Pads [h, w, ...] at the bottom/right to [size[0], size[1], ...] with `fill_value`."""
+    shape = tf.shape(value)
+    paddings = [[0, size[0] - shape[0]], [0, size[1] - shape[1]]] + [[0, 0]] * (value.shape.rank - 2)
+    return tf.pad(value, paddings, constant_values=tf.cast(fill_value, value.dtype))

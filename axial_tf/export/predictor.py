@@ -1,0 +1,204 @@
+"""Prediction on image files through the serving signature (SavedModel or live model).
+
+Both sources run the same `serving_default` graph code, so `tools/predict.py`
+gives the same maps from an export as from the checkpoint it was made from.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from axial_tf.export.exporter import build_serving_module, label_space_info
+from axial_tf.export.saved_model import read_export_info
+from axial_tf.export.serving import IMAGES_INPUT, SERVING_DEFAULT, decode_image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+LABEL_FORMATS = ("png", "npy")
+
+
+def read_image_file(path):
+    """Reads and decodes an image file with the decoder of the `serving_encoded` signature.
+
+    Args:
+        path: A JPEG/PNG/BMP/GIF file.
+
+    Returns:
+        uint8 [H, W, 3] RGB.
+
+    Raises:
+        ValueError: If the file cannot be read or decoded (names the file).
+    """
+    try:
+        contents = tf.io.read_file(os.fspath(path))
+        image = decode_image(contents).numpy()
+    except (tf.errors.OpError, OSError) as error:
+        message = getattr(error, "message", str(error)).strip().splitlines()[0]
+        raise ValueError(f"Cannot read image {path}: {message}") from None
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"Cannot read image {path}: it has no pixels ({image.shape[0]}x{image.shape[1]}).")
+    return image
+
+
+def list_images(path):
+    """The image files named by `path`: the file itself, or a folder's image files (sorted, not recursive).
+
+    Args:
+        path: An image file or a folder.
+
+    Returns:
+        List of file paths.
+
+    Raises:
+        FileNotFoundError: If the path does not exist or the folder has no images.
+    """
+    path = os.fspath(path)
+    if tf.io.gfile.isdir(path):
+        names = sorted(n for n in tf.io.gfile.listdir(path) if n.lower().endswith(IMAGE_EXTENSIONS))
+        if not names:
+            raise FileNotFoundError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}.")
+        return [os.path.join(path, name) for name in names]
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"Input {path} does not exist.")
+    return [path]
+
+
+def output_stems(files):
+    """Output name stem of each input file: its name without extension, or with it if two stems clash.
+
+    Args:
+        files: Input paths.
+
+    Returns:
+        List of stems, one per file, all distinct when the file names are.
+    """
+    stems = [os.path.splitext(os.path.basename(path))[0] for path in files]
+    if len(set(stems)) == len(stems):
+        return stems
+    return [os.path.basename(path).replace(".", "_") for path in files]
+
+
+class Predictor:
+    """Runs `serving_default` on one image at a time.
+
+    Args:
+        function: Callable taking uint8 [1, H, W, 3] (keyword `images`) and
+            returning a dict of tensors.
+        info: `label_space_info` dict (task, class names, label encoding).
+        owner: Object that must outlive `function` (the loaded SavedModel
+            whose variables the signature reads).
+
+    Example:
+        >>> predictor = Predictor.from_saved_model("exports/demo/1")
+        >>> outputs = predictor(read_image_file("street.png"))
+        >>> outputs["panoptic_pred"].shape  # (H, W)
+    """
+
+    def __init__(self, function, info, owner=None):
+        self._function = function
+        self._owner = owner
+        self.info = info
+
+    @property
+    def task(self):
+        """"panoptic" or "classification"."""
+        return self.info["task"]
+
+    @classmethod
+    def from_saved_model(cls, saved_model_dir):
+        """A predictor of an export written by `tools/export.py`.
+
+        Args:
+            saved_model_dir: The SavedModel directory.
+
+        Returns:
+            A `Predictor`.
+        """
+        info = read_export_info(saved_model_dir)
+        loaded = tf.saved_model.load(os.fspath(saved_model_dir))
+        return cls(loaded.signatures[SERVING_DEFAULT], info, owner=loaded)
+
+    @classmethod
+    def from_experiment(cls, config=None, model_dir=None, checkpoint=None, keras_model=None, top_k=5, image_size=None):
+        """A predictor of a checkpoint or `.keras` model (arguments as `build_serving_module`).
+
+        Returns:
+            A `Predictor`.
+        """
+        module, dataset_info = build_serving_module(
+            config, model_dir=model_dir, checkpoint=checkpoint, keras_model=keras_model, top_k=top_k,
+            image_size=image_size,
+        )
+        return cls(module.signature_function(SERVING_DEFAULT), label_space_info(module, dataset_info))
+
+    def __call__(self, image):
+        """Predictions for one uint8 RGB image [H, W, 3], as NumPy arrays without the batch dim."""
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"Expected a uint8 RGB image [H, W, 3], got {image.dtype} {image.shape}.")
+        outputs = self._function(**{IMAGES_INPUT: tf.constant(image[np.newaxis])})
+        return {name: value.numpy()[0] for name, value in outputs.items()}
+
+
+def write_panoptic_prediction(outputs, image, output_base, info, file_format="png", overlay=False, alpha=0.5):
+    """Writes one image's panoptic prediction files.
+
+    Files (`output_base` + suffix):
+      - "png": `_panoptic.png`, the panoptic label RGB-encoded as COCO
+        encodes ids (label = R + 256 G + 256^2 B, see
+        `visualization.encode_panoptic_rgb`), and `_semantic.png`, the 8-bit
+        semantic class map;
+      - "npy": `_panoptic.npy` and `_semantic.npy`, int32 [H, W];
+      - with `overlay`: `_overlay.png`, the image with stable class colours
+        (shaded per instance) and instance outlines.
+
+    Args:
+        outputs: One image's `serving_default` outputs (no batch dim).
+        image: The uint8 [H, W, 3] input image.
+        output_base: Path prefix of the files.
+        info: `label_space_info` dict (class names, label divisor, void label).
+        file_format: One of LABEL_FORMATS.
+        overlay: Also write the colourised overlay.
+        alpha: Opacity of the overlay colours.
+
+    Returns:
+        List of the written paths.
+    """
+    from axial_tf.utils import visualization
+
+    if file_format not in LABEL_FORMATS:
+        raise ValueError(f"file_format must be one of {LABEL_FORMATS}, got {file_format!r}.")
+    panoptic = outputs["panoptic_pred"]  # [H, W] int32
+    semantic = outputs["semantic_pred"]  # [H, W] int32
+    written = []
+    if file_format == "png":
+        encoded = {
+            "panoptic": tf.io.encode_png(visualization.encode_panoptic_rgb(panoptic)),
+            "semantic": tf.io.encode_png(semantic.astype(np.uint8)[..., np.newaxis]),
+        }
+        for name, png in encoded.items():
+            written.append(f"{output_base}_{name}.png")
+            tf.io.write_file(written[-1], png)
+    else:
+        for name, value in (("panoptic", panoptic), ("semantic", semantic)):
+            written.append(f"{output_base}_{name}.npy")
+            with tf.io.gfile.GFile(written[-1], "wb") as stream:
+                np.save(stream, value.astype(np.int32))
+    if overlay:
+        palette = visualization.class_palette(len(info["class_names"]), info["class_names"])
+        blended = visualization.overlay_panoptic(
+            image, panoptic, info["label_divisor"], palette, void_label=info["void_label"], alpha=alpha
+        )
+        written.append(f"{output_base}_overlay.png")
+        tf.io.write_file(written[-1], tf.io.encode_png(blended))
+    return written
+
+
+def classification_record(outputs, path):
+    """The JSON-ready record of one classified image: file, top-k ids, names and probabilities."""
+    return {
+        "file": os.fspath(path),
+        "classes": outputs["classes"].tolist(),
+        "class_names": [name.decode() for name in outputs["class_names"].tolist()],
+        "probabilities": [float(p) for p in outputs["probabilities"]],
+    }

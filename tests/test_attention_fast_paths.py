@@ -1,0 +1,147 @@
+"""AxialAttention's fast paths against a plain, literal implementation of the same math.
+
+The layer folds the similarity batch norm into per-head scales of q and k, takes
+the global-attention batch statistics from second-moment matrices instead of the
+logits, and drops BN shifts that cancel in the softmax. The plain path here does
+none of that: it materialises the three similarity products, runs the layer's
+own similarity BN sublayer on them and sums. Outputs, gradients (input and
+every weight) and the moving statistics after a training step must agree.
+"""
+
+import numpy as np
+import pytest
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from axial_tf.layers import AxialAttention
+
+HEADS, KEY_DEPTH, VALUE_DEPTH, CHANNELS, LENGTH = 2, 8, 12, 6, 9
+
+
+def _plain_attention(layer, inputs, training):
+    """Literal position-sensitive attention with full [L, L] logits (band mask for a local span)."""
+    batch, length = inputs.shape[0], inputs.shape[1]
+    qkv = layer.batch_norm_qkv(ops.matmul(inputs, layer.qkv_kernel), training=training)
+    dk, heads = layer.total_key_depth, layer.num_heads
+    query = ops.reshape(qkv[..., :dk], (batch, length, heads, -1))
+    key = ops.reshape(qkv[..., dk : 2 * dk], (batch, length, heads, -1))
+    value = ops.reshape(qkv[..., 2 * dk :], (batch, length, heads, -1))
+    logits = []
+    if layer.use_content_similarity:
+        logits.append(ops.einsum("nlhd,nmhd->nhlm", query, key))
+    if layer.use_query_rpe_similarity:
+        logits.append(ops.einsum("nlhd,lmd->nhlm", query, layer.query_rpe.table(length, length)))
+    if layer.use_key_rpe_similarity:
+        logits.append(ops.einsum("nmhd,lmd->nhlm", key, layer.key_rpe.table(length, length)))
+    logits = ops.concatenate(logits, axis=1)[:, :, None]  # [N, terms * heads, 1, L, L]
+    offsets = np.arange(length)[None, :] - np.arange(length)[:, None]
+    valid = None if layer.span is None else np.abs(offsets) <= (layer.span - 1) // 2  # [L, L]
+    mask = None if valid is None else valid[None, None, None]
+    logits = layer.batch_norm_similarity(logits, training=training, mask=mask)
+    logits = ops.sum(ops.reshape(logits, (batch, -1, heads, length, length)), axis=1)  # [N, heads, L, L]
+    if valid is not None:
+        logits = ops.where(valid, logits, -1e9)
+    weights = ops.softmax(logits, axis=-1)
+    retrieved = []
+    if layer.retrieve_value_content:
+        retrieved.append(ops.einsum("nhlm,nmhd->nlhd", weights, value))
+    if layer.retrieve_value_rpe:
+        retrieved.append(ops.einsum("nhlm,lmd->nlhd", weights, layer.value_rpe.table(length, length)))
+    retrieved = ops.reshape(ops.stack(retrieved, axis=2), (batch, length, -1))
+    retrieved = layer.batch_norm_retrieved_output(retrieved, training=training)
+    return ops.sum(ops.reshape(retrieved, (batch, length, layer.num_retrieval_terms, -1)), axis=2)
+
+
+def _twin_layers(span, seed=0, **switches):
+    """Two layers with identical random weights (non-trivial BN statistics)."""
+    rng = np.random.default_rng(seed)
+    layers = [
+        AxialAttention(KEY_DEPTH, VALUE_DEPTH, HEADS, span=span, max_span=6, query_block_size=4, **switches)
+        for _ in range(2)
+    ]
+    for layer in layers:
+        layer.build((None, None, CHANNELS))
+        layer(np.zeros((1, LENGTH, CHANNELS), "float32"))  # creates lazily built sublayer weights
+    values = []
+    for variable in layers[0].weights:
+        if variable.path.endswith(("moving_variance", "gamma")):
+            values.append(rng.uniform(0.5, 1.5, variable.shape))
+        else:
+            values.append(rng.normal(0, 0.4, variable.shape))
+    for layer in layers:
+        for variable, value in zip(layer.weights, values):
+            variable.assign(value.astype("float32"))
+    return layers
+
+
+def _outputs_and_gradients(layer, call, inputs, training):
+    inputs = tf.convert_to_tensor(inputs)
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        outputs = call(layer, inputs, training)
+        loss = ops.sum(ops.square(outputs) * ops.linspace(0.5, 1.5, VALUE_DEPTH))
+    gradients = tape.gradient(loss, [inputs] + layer.trainable_weights)
+    return np.asarray(outputs), [np.asarray(tf.convert_to_tensor(g)) for g in gradients]
+
+
+def _fast(layer, inputs, training):
+    return layer(inputs, training=training)
+
+
+@pytest.mark.parametrize("span", [None, 5])
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize(
+    "switches",
+    [{}, dict(use_content_similarity=False), dict(use_key_rpe_similarity=False, retrieve_value_rpe=False)],
+)
+def test_fast_path_matches_plain_path(span, training, switches):
+    fast, plain = _twin_layers(span, **switches)
+    inputs = np.random.default_rng(1).normal(size=(3, LENGTH, CHANNELS)).astype("float32")
+    fast_out, fast_grads = _outputs_and_gradients(fast, _fast, inputs, training)
+    plain_out, plain_grads = _outputs_and_gradients(plain, _plain_attention, inputs, training)
+    np.testing.assert_allclose(fast_out, plain_out, atol=2e-5)
+    for variable, fast_grad, plain_grad in zip(["input"] + fast.trainable_weights, fast_grads, plain_grads):
+        scale = max(1.0, np.abs(plain_grad).max())
+        np.testing.assert_allclose(fast_grad, plain_grad, atol=1e-4 * scale, err_msg=str(getattr(variable, "path", variable)))
+    for fast_variable, plain_variable in zip(fast.non_trainable_weights, plain.non_trainable_weights):
+        np.testing.assert_allclose(np.asarray(fast_variable), np.asarray(plain_variable), atol=1e-5, err_msg=fast_variable.path)
+
+
+def test_frozen_similarity_norm_uses_moving_statistics_in_training():
+    fast, plain = _twin_layers(None)
+    fast.batch_norm_similarity.trainable = False
+    plain.batch_norm_similarity.trainable = False
+    inputs = np.random.default_rng(2).normal(size=(2, LENGTH, CHANNELS)).astype("float32")
+    before = np.asarray(fast.batch_norm_similarity.moving_variance)
+    np.testing.assert_allclose(
+        np.asarray(fast(inputs, training=True)), np.asarray(_plain_attention(plain, inputs, True)), atol=2e-5
+    )
+    np.testing.assert_array_equal(np.asarray(fast.batch_norm_similarity.moving_variance), before)
+
+
+def test_every_trainable_weight_gets_a_gradient():
+    """The similarity BN offset cancels in the softmax; it still gets a (zero) gradient, never None."""
+    (layer, _) = _twin_layers(None)
+    inputs = tf.random.normal((2, LENGTH, CHANNELS), seed=3)
+    with tf.GradientTape() as tape:
+        loss = ops.sum(layer(inputs, training=True))
+    gradients = tape.gradient(loss, layer.trainable_weights)
+    assert all(g is not None for g in gradients)
+    beta_gradient = gradients[[w.path for w in layer.trainable_weights].index(layer.batch_norm_similarity.beta.path)]
+    np.testing.assert_array_equal(np.asarray(beta_gradient), 0.0)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_fast_path_under_mixed_precision_close_to_plain_float32(policy):
+    inputs = np.random.default_rng(4).normal(size=(2, LENGTH, CHANNELS)).astype("float32")
+    _, plain = _twin_layers(None)
+    expected = np.asarray(_plain_attention(plain, inputs, True))
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        fast, _ = _twin_layers(None)
+        outputs = np.asarray(fast(inputs, training=True), np.float32)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    np.testing.assert_allclose(outputs, expected, atol=0.05 if policy == "mixed_float16" else 0.3)

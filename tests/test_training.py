@@ -1,0 +1,111 @@
+"""The trainer: strategies, exact resume, NaN handling, evaluation and the command line."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from training_helpers import (
+    TINY_PANOPTIC,
+    assert_same_weights,
+    checkpoint_weights,
+    run_training,
+    train_command,
+)
+
+
+def test_default_and_mirrored_two_replicas_train_the_same(tmp_path):
+    # SGD: Adam's first steps are ~lr * sign(gradient), which turns round-off in
+    # near-zero gradients (summed in another order across replicas) into lr-sized changes.
+    # No drop path (its masks are drawn per replica, so they depend on the layout) and
+    # no top-k pixel mining (round-off can swap which pixels are "hardest").
+    sgd = ("optimizer.name=sgd", "optimizer.learning_rate=0.01", "model.backbone_overrides.drop_path_keep_prob=1.0",
+           "losses.semantic_top_k_percent=1.0")
+    run_training(TINY_PANOPTIC, tmp_path / "one", *sgd, extra=["--cpu_devices", "2"])
+    run_training(TINY_PANOPTIC, tmp_path / "two", *sgd, extra=["--cpu_devices", "2", "--strategy", "mirrored"])
+    one, two = checkpoint_weights(tmp_path / "one"), checkpoint_weights(tmp_path / "two")
+    assert_same_weights(one, two, atol=1e-4, rtol=1e-4)  # float32 round-off of two SGD steps
+    # Training changed the weights (the comparison is not between two initialisations).
+    fresh = run_training(TINY_PANOPTIC, tmp_path / "zero", "training.steps=1")
+    assert fresh.returncode == 0
+    moved = checkpoint_weights(tmp_path / "zero")
+    assert any(not np.allclose(moved[k], one[k]) for k in one)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multi_worker_mirrored_two_local_workers(tmp_path):
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    processes = []
+    for index in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        command = train_command(TINY_PANOPTIC, tmp_path / "run", extra=["--strategy", "multi_worker_mirrored"])
+        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for process, (out, err) in zip(processes, outputs):
+        assert process.returncode == 0, err[-4000:]
+    chief = checkpoint_weights(tmp_path / "run")
+    other = checkpoint_weights(tmp_path / "run" / ".worker_worker_1")
+    assert_same_weights(chief, other)
+    assert (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_resume_after_sigkill_is_exact(tmp_path):
+    overrides = ("training.steps=8", "training.checkpoint_interval=2")
+    run_training(TINY_PANOPTIC, tmp_path / "straight", *overrides)
+    expected = checkpoint_weights(tmp_path / "straight")
+
+    process = subprocess.Popen(train_command(TINY_PANOPTIC, tmp_path / "killed", *overrides),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(checkpoints.glob("ckpt-2.index")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert list(checkpoints.glob("ckpt-2.index")), "the run never reached its first checkpoint"
+    assert not list(checkpoints.glob("ckpt-8.index")), "the run finished before it could be killed"
+    resumed = run_training(TINY_PANOPTIC, tmp_path / "killed", *overrides)
+    assert "Resumed from" in resumed.stdout
+    assert_same_weights(checkpoint_weights(tmp_path / "killed"), expected)
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path):
+    result = run_training(TINY_PANOPTIC, tmp_path / "nan", "training.steps=30", "optimizer.name=sgd",
+                          "optimizer.learning_rate=1e30", "optimizer.momentum=0.0", check=False)
+    assert result.returncode != 0
+    assert "Training diverged at step" in result.stderr and "NaN or Inf" in result.stderr
+    assert "Traceback" not in result.stderr
+    step = int(result.stderr.split("Training diverged at step ")[1].split(":")[0])
+    prefix = tf.train.latest_checkpoint(str(tmp_path / "nan" / "checkpoints"))
+    assert prefix is not None and int(prefix.rsplit("-", 1)[1]) == step - 1
+    weights = checkpoint_weights(tmp_path / "nan")
+    assert all(np.isfinite(v).all() for v in weights.values())
+
+
+def test_config_errors_are_reported_without_traceback(tmp_path):
+    result = run_training(TINY_PANOPTIC, tmp_path / "bad", "training.stepz=3", check=False)
+    assert result.returncode != 0
+    assert "training.stepz" in result.stderr and "did you mean 'steps'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_train_and_eval_writes_metrics_and_summaries(tmp_path):
+    result = run_training(TINY_PANOPTIC, tmp_path / "run", "evaluation.interval=2", extra=["--mode", "train_and_eval"])
+    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    for key in ("pq", "sq", "rq", "miou"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["step"] == 2 and metrics["batches"] == 1
+    assert list((tmp_path / "run" / "train").glob("events.out.tfevents.*"))
+    assert "Evaluation at step 2" in result.stdout

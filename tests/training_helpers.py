@@ -1,0 +1,45 @@
+"""Runs tools/train.py in a subprocess and reads the weights it checkpointed."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from conftest import REPO_ROOT
+
+TINY_PANOPTIC = REPO_ROOT / "tests" / "configs" / "tiny_panoptic.yaml"
+
+
+def train_command(config, model_dir, *overrides, extra=()):
+    command = [sys.executable, str(REPO_ROOT / "tools" / "train.py"), "--config", str(config),
+               "--model_dir", str(model_dir), *extra]
+    for override in overrides:
+        command += ["--override", override]
+    return command
+
+
+def run_training(config, model_dir, *overrides, extra=(), env=None, check=True, timeout=600):
+    result = subprocess.run(train_command(config, model_dir, *overrides, extra=extra), capture_output=True,
+                            text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"training failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def checkpoint_weights(model_dir, subdir="checkpoints"):
+    """`{key: array}` of the model variables in the latest checkpoint of a run."""
+    prefix = tf.train.latest_checkpoint(os.path.join(model_dir, subdir))
+    reader = tf.train.load_checkpoint(prefix)
+    return {
+        key: reader.get_tensor(key)
+        for key in reader.get_variable_to_shape_map()
+        if key.startswith("model_variables/") and key.endswith("VARIABLE_VALUE")
+    }
+
+
+def assert_same_weights(a, b, atol=0.0, rtol=0.0):
+    assert sorted(a) == sorted(b)
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], atol=atol, rtol=rtol, err_msg=key)

@@ -1,0 +1,82 @@
+"""Evaluates a checkpoint or a `.keras` model on a dataset split.
+
+    python tools/evaluate.py --config FILE (--model_dir DIR | --checkpoint PATH) \
+        [--split validation] [--output_dir DIR] [--save_predictions] [--strategy mirrored]
+
+`--checkpoint` takes a training checkpoint prefix or a `.keras` model file;
+`--model_dir` uses its latest checkpoint. Writes OUTPUT_DIR/metrics.json (PQ, SQ,
+RQ and mIoU as fractions, or top-1/top-5) and, with --save_predictions, one
+COCO-encoded panoptic PNG per image.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+flags.DEFINE_string("config", None, "Experiment config (.yaml or .gin).")
+flags.DEFINE_string("model_dir", None, "Training directory; its latest checkpoint is evaluated.")
+flags.DEFINE_string("checkpoint", None, "Checkpoint prefix or .keras model to evaluate.")
+flags.DEFINE_string("split", None, "Dataset split (default: data.eval_split of the config).")
+flags.DEFINE_string("output_dir", None, "Where metrics.json goes (default MODEL_DIR/eval or next to the checkpoint).")
+flags.DEFINE_bool("save_predictions", False, "Write the panoptic predictions as PNG files.")
+flags.DEFINE_integer("steps", None, "Evaluate only this many batches.")
+flags.DEFINE_enum("strategy", None, ["default", "mirrored", "multi_worker_mirrored", "tpu"], "tf.distribute strategy.")
+flags.DEFINE_multi_string("override", [], "key.sub=value config overrides.")
+FLAGS = flags.FLAGS
+
+
+def load_weights(trainer, checkpoint=None, model_dir=None):
+    """Loads evaluation weights (and the step) from a checkpoint, a model dir or a `.keras` file."""
+    import keras
+    import tensorflow as tf
+
+    model = trainer.model
+    if checkpoint and checkpoint.endswith(".keras"):
+        source = keras.models.load_model(checkpoint)
+        if len(source.weights) != len(model.weights):
+            raise ValueError(f"{checkpoint} holds a different architecture than the config describes.")
+        for target, value in zip(model.weights, source.weights):
+            if tuple(target.shape) != tuple(value.shape):
+                raise ValueError(f"{checkpoint}: {value.path} has shape {value.shape}, the config gives {target.shape}.")
+            target.assign(value)
+        return checkpoint
+    prefix = checkpoint or tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    if prefix is None:
+        raise FileNotFoundError(f"No checkpoint in {os.path.join(model_dir, 'checkpoints')}.")
+    from axial_tf.training.trainer import model_checkpoint_items
+
+    items = {**model_checkpoint_items(model), **trainer.optimizer.checkpoint_items()}  # the optimizer has the step
+    tf.train.Checkpoint(**items).restore(prefix).expect_partial().assert_existing_objects_matched()
+    return prefix
+
+
+def main(argv):
+    del argv
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)
+    from axial_tf.training.config import ConfigError, load_config
+    from axial_tf.training.strategies import get_strategy
+    from axial_tf.training.trainer import Trainer
+
+    if not FLAGS.config or bool(FLAGS.model_dir) == bool(FLAGS.checkpoint):
+        raise app.UsageError("Give --config and exactly one of --model_dir and --checkpoint.")
+    try:
+        config = load_config(FLAGS.config, overrides=FLAGS.override)
+        model_dir = FLAGS.model_dir or os.path.dirname(os.path.abspath(FLAGS.checkpoint))
+        output_dir = FLAGS.output_dir or os.path.join(model_dir, "eval")
+        trainer = Trainer(config, model_dir, get_strategy(FLAGS.strategy or config.training.strategy))
+        source = load_weights(trainer, FLAGS.checkpoint, FLAGS.model_dir)
+        print(f"Evaluating {source}")
+        metrics = trainer.evaluate(split=FLAGS.split, steps=FLAGS.steps, output_dir=output_dir,
+                                   save_predictions=FLAGS.save_predictions or None)
+    except (ConfigError, ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+    print(json.dumps(metrics, indent=2))
+    print(f"Wrote {os.path.join(output_dir, 'metrics.json')}")
+
+
+if __name__ == "__main__":
+    app.run(main)
