@@ -2,9 +2,12 @@
 
 import os
 import pathlib
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# Datasets the tests build (and subprocesses they start) go to a scratch folder, not ~/tensorflow_datasets.
+os.environ.setdefault("TFDS_DATA_DIR", tempfile.mkdtemp(prefix="axial_tf_tfds_"))
 
 import pytest  # noqa: E402
 

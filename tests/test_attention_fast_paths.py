@@ -104,9 +104,12 @@ def test_fast_path_matches_plain_path(span, training, switches):
     np.testing.assert_allclose(fast_out, plain_out, atol=2e-5)
     for variable, fast_grad, plain_grad in zip(["input"] + fast.trainable_weights, fast_grads, plain_grads):
         scale = max(1.0, np.abs(plain_grad).max())
-        np.testing.assert_allclose(fast_grad, plain_grad, atol=1e-4 * scale, err_msg=str(getattr(variable, "path", variable)))
+        name = str(getattr(variable, "path", variable))
+        np.testing.assert_allclose(fast_grad, plain_grad, atol=1e-4 * scale, err_msg=name)
     for fast_variable, plain_variable in zip(fast.non_trainable_weights, plain.non_trainable_weights):
-        np.testing.assert_allclose(np.asarray(fast_variable), np.asarray(plain_variable), atol=1e-5, err_msg=fast_variable.path)
+        np.testing.assert_allclose(
+            np.asarray(fast_variable), np.asarray(plain_variable), atol=1e-5, err_msg=fast_variable.path
+        )
 
 
 def test_frozen_similarity_norm_uses_moving_statistics_in_training():

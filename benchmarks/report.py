@@ -1,0 +1,289 @@
+"""Formats the records collected by `run_all.py` as BENCHMARKS.md."""
+
+import pathlib
+
+BENCH_DIR = pathlib.Path(__file__).resolve().parent
+LARGE_CASES = ("ds_stage4", "cityscapes_os16")
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _ms(value):
+    if value is None:
+        return "—"
+    return f"{value / 1000:.2f} s" if value >= 10000 else f"{value:.0f} ms" if value >= 100 else f"{value:.1f} ms"
+
+
+def _records(results, section, **match):
+    return [
+        record
+        for result_section, _, records, _ in results
+        if result_section == section
+        for record in records
+        if all(record.get(key) == value for key, value in match.items())
+    ]
+
+
+def _one(results, section, **match):
+    found = _records(results, section, **match)
+    return found[0] if found else None
+
+
+def _status(results, section, argument):
+    """Status of the first run of `section` whose arguments contain `argument`."""
+    for result_section, args, _, status in results:
+        if result_section == section and argument in args:
+            return status
+    return "not run"
+
+
+def _yes_no(condition):
+    return "**yes**" if condition else "no"
+
+
+def _header(versions, quick, started, elapsed_seconds, load, baseline_commit):
+    mode = " (quick smoke run: small sizes, one round — not the reference numbers)" if quick else ""
+    return f"""# Benchmarks{mode}
+
+Regenerate with `python benchmarks/run_all.py` (about {max(1, round(elapsed_seconds / 60))} min here;
+`--quick` for a smoke run). Every number below was measured in that one run.
+
+- Date: {started:%Y-%m-%d %H:%M} (run took {elapsed_seconds / 60:.1f} min)
+- Machine: {versions.get("cpu", "?")}, {versions.get("cpu_count", "?")} CPUs, {versions.get("memory_gb", "?")} GB RAM;
+  TensorFlow runs on 2 intra-op and 2 inter-op threads in every benchmark process.
+- Versions: Python {versions.get("python", "?")}, TensorFlow {versions.get("tensorflow", "?")},
+  Keras {versions.get("keras", "?")}, numpy {versions.get("numpy", "?")}; oneDNN: {versions.get("onednn", "?")}.
+- Load average (1/5/15 min) at start: {load[0]}; at end: {load[1]}. The machine is shared with other
+  jobs, so absolute times are noisy (a busy neighbour can double a time); ratios come from
+  interleaved timing in one process and are more stable than absolute numbers.
+- "baseline" is the layer as first committed (`git show {baseline_commit}:axial_tf/layers/...`,
+  loaded into a private module at benchmark time); "current" is the package's layer.
+- Times are medians over the timed rounds after one warm-up call; training = forward +
+  backward (gradients w.r.t. the input and every weight). GFLOP/s use the analytic count
+  of `bench_utils.attention_2d_flops` (qkv projection + 3 similarity products + 2
+  retrievals per pass; backward counted as 2x forward).
+"""
+
+
+def _peak_section(results):
+    rows = []
+    for library in ("tensorflow", "numpy"):
+        record = _one(results, "peak", library=library)
+        if record:
+            rows.append([library, record["size"], f"{record['gflops_per_s']:.0f}",
+                         f"{record['best_gflops_per_s']:.0f}"])
+    return "## Machine peak (FP32 matmul, 2 threads)\n\n" + _table(
+        ["library", "n (n x n @ n x n)", "median GFLOP/s", "best GFLOP/s"], rows
+    )
+
+
+def _layer_section(results, quoted):
+    deeplab2, pytorch = quoted
+    peak = _one(results, "peak", library="tensorflow")
+    peak_rate = peak["gflops_per_s"] if peak else None
+    rows = []
+    for (case, mode) in [(c, m) for c in ("ds_stage4", "cityscapes_os16", "resnet_s_stage2", "local_span65")
+                         for m in ("forward", "training")]:
+        current = _one(results, "layer", case=case, mode=mode, impl="current")
+        baseline = _one(results, "layer", case=case, mode=mode, impl="baseline")
+        if current is None:
+            status = _status(results, "layer", case)
+            if status != "not run":
+                rows.append([case, mode, "—", "—", "—", "—", "—", "—", "—", status])
+            continue
+        ours = current["median_ms"]
+        fraction = current["gflops_per_s"] / peak_rate if peak_rate else None
+        reference = deeplab2.get((case, mode))
+        torch = pytorch.get((case, mode))
+        checks = []
+        if reference:
+            checks.append(f"≥1.5x DeepLab2: {_yes_no(reference / ours >= 1.5)}")
+        if torch:
+            checks.append(f"faster than PyTorch: {_yes_no(ours < torch)}")
+        if case in LARGE_CASES and fraction is not None:
+            checks.append(f"≥50% peak: {_yes_no(fraction >= 0.5)}")
+        rows.append([
+            case, mode, _ms(baseline["median_ms"]) if baseline else "—", _ms(ours),
+            f"{baseline['median_ms'] / ours:.2f}x" if baseline else "—",
+            f"{current['gflops_per_s']:.1f}", f"{100 * fraction:.0f}%" if fraction is not None else "—",
+            _ms(reference) if reference else "—", _ms(torch) if torch else "—",
+            "; ".join(checks) or "—",
+        ])
+    text = """## AxialAttention2D layer cases (float32, tf.function)
+
+8 heads, key_expansion 1, value_expansion 2. `ds_stage4`: x [2,33,33,512], filters 256;
+`cityscapes_os16`: x [1,65,129,1024], filters 512; `resnet_s_stage2`: x [8,56,56,64],
+filters 32; `local_span65`: x [1,129,257,256], filters 128, span 65. DeepLab2 and PyTorch
+columns are **quoted from issue 8** (measured there on this machine class, median of 3
+interleaved rounds on a busy 2-core machine), not re-measured here: the references are not
+installed in this project. "% of peak" is the layer's GFLOP/s over the TensorFlow matmul
+median above.
+
+"""
+    return text + _table(
+        ["case", "mode", "baseline", "current", "speed-up", "GFLOP/s", "% of peak", "DeepLab2 (quoted)",
+         "PyTorch (quoted)", "targets"],
+        rows,
+    )
+
+
+def _variants_section(results, section, key, values, title, note):
+    rows = []
+    for case in ("ds_stage4", "resnet_s_stage2"):
+        for mode in ("forward", "training"):
+            cells = []
+            for value in values:
+                record = _one(results, section, case=case, mode=mode, **{key: value})
+                cells.append(_ms(record["median_ms"]) if record else "—")
+            if any(cell != "—" for cell in cells):
+                reference = _one(results, section, case=case, mode=mode, **{key: values[0]})
+                ratios = []
+                for value in values[1:]:
+                    record = _one(results, section, case=case, mode=mode, **{key: value})
+                    if record and reference:
+                        ratios.append(f"{value}: {reference['median_ms'] / record['median_ms']:.2f}x")
+                rows.append([case, mode, *cells, ", ".join(ratios)])
+    return f"## {title}\n\n{note}\n\n" + _table(["case", "mode", *values, f"speed-up vs {values[0]}"], rows)
+
+
+def _onednn_section(results):
+    rows = []
+    for mode in ("forward", "training"):
+        off = _one(results, "onednn_off", case="ds_stage4", mode=mode)
+        on = _one(results, "layer", case="ds_stage4", mode=mode, impl="current")
+        if off:
+            rows.append([mode, _ms(on["median_ms"]) if on else "—", _ms(off["median_ms"])])
+    return """## oneDNN
+
+`ds_stage4`, current layer, graph mode, float32. TensorFlow's default (oneDNN on) against
+`TF_ENABLE_ONEDNN_OPTS=0`; separate processes, so not interleaved.
+
+""" + _table(["mode", "oneDNN on (default)", "oneDNN off"], rows)
+
+
+def _block_section(results):
+    rows = []
+    for mode in ("forward", "training"):
+        attention = _one(results, "block", block="axial_attention_block", mode=mode)
+        conv = _one(results, "block", block="conv3x3_bottleneck", mode=mode)
+        if attention and conv:
+            rows.append([mode, _ms(conv["median_ms"]), _ms(attention["median_ms"]),
+                         f"{attention['median_ms'] / conv['median_ms']:.2f}x",
+                         f"{conv['params'] / 1e6:.2f} M / {attention['params'] / 1e6:.2f} M"])
+    shape = _records(results, "block")
+    described = f"x {shape[0]['shape']}, filters_list {shape[0]['filters']}" if shape else ""
+    return f"""## Axial-attention block vs the 3x3-conv bottleneck it replaces
+
+`AxialBlock` with and without `attention` ({described}; global span, 8 heads), interleaved.
+
+""" + _table(["mode", "conv bottleneck", "axial-attention block", "attention / conv", "weights conv / attention"],
+             rows)
+
+
+def _scaling_section(results):
+    sides = sorted({record["side"] for record in _records(results, "scaling")} |
+                   {int(args[args.index("--side") + 1]) for section, args, _, _ in results if section == "scaling"})
+    rows = []
+    for side in sides:
+        row = [f"{side} x {side}"]
+        for method in ("global", "local", "full"):
+            record = _one(results, "scaling", method=method, side=side)
+            if record:
+                row.append(f"{_ms(record['median_ms'])}, {record['working_memory_mb']:.0f} MB")
+            else:
+                status = next((s for sec, args, _, s in results if sec == "scaling" and args[1] == method
+                               and int(args[3]) == side), None)
+                row.append("—" if status is None else status)
+        rows.append(row)
+    return """## Scaling with image side L (forward, x [1, L, L, 128], filters 64, 8 heads)
+
+Time and working memory (peak resident memory of the process minus its resident memory
+before the first call; one process per cell). Local span 33. "full" is
+`keras.layers.MultiHeadAttention` over all L*L positions with the same widths (O((L^2)^2)).
+
+""" + _table(["L", "global axial", "local axial (span 33)", "full 2-D self-attention"], rows)
+
+
+def _model_section(results):
+    rows = []
+    for section, args, records, status in results:
+        if section != "model":
+            continue
+        backbone, size = args[args.index("--backbone") + 1], args[args.index("--size") + 1]
+        if records:
+            record = records[0]
+            rows.append([backbone, size.replace(",", " x "), f"{record['params_m']:.1f} M", _ms(record["median_ms"]),
+                         f"{record['working_memory_mb'] / 1024:.1f} GB", f"{record['peak_rss_mb'] / 1024:.1f} GB",
+                         status])
+        else:
+            rows.append([backbone, size.replace(",", " x "), "—", "—", "—", "—", status])
+    return """## Whole models: Axial-DeepLab inference (batch 1, float32, tf.function)
+
+Registry settings (output stride 16, global axial attention, 19 classes). Working memory =
+peak resident memory minus resident memory before the first call. A case stopped by the
+suite's limits (14 GB resident memory or its time limit) says so. For reference, issue 8
+quotes DeepLab2: MaX-S backbone about 1.9 s at 513x513; its fully axial Axial-DeepLab-S
+cannot run at 513x513 (no local attention) and takes about 1.7 s at 257x257.
+
+""" + _table(["model", "image", "weights", "latency", "working memory", "peak RSS", "status"], rows)
+
+
+def _training_section(results):
+    lines = ["## Training step and input pipeline", ""]
+    step = _one(results, "train_step")
+    if step:
+        lines.append(
+            f"- `{step['config']}` (batch {step['batch_size']}, crop {step['crop_size'][0]}x{step['crop_size'][1]}): "
+            f"**{step['seconds_per_step']:.2f} s per training step** over {step['steps']} steps (project `Trainer`, "
+            f"input pipeline and end-of-call checkpoint included; first steps with tracing took "
+            f"{step['warmup_seconds']:.0f} s)."
+        )
+    else:
+        lines.append(f"- Demo training step: {_status(results, 'train_step', '--steps')}")
+    pipeline = _one(results, "input_pipeline")
+    if pipeline:
+        lines.append(
+            f"- Input pipeline alone (`benchmarks/input_pipeline.py`, {pipeline['dataset']}, crop "
+            f"{pipeline['crop_size']}, batch {pipeline['batch_size']}): **{pipeline['examples_per_second']:.0f} "
+            f"examples/s** over {pipeline['batches']} batches."
+        )
+    else:
+        lines.append(f"- Input pipeline: {_status(results, 'input_pipeline', '--batches')}")
+    return "\n".join(lines)
+
+
+def _problems(results):
+    failed = [(section, " ".join(args), status) for section, args, _, status in results if status != "ok"]
+    if not failed:
+        return "## Runs that did not complete\n\nNone."
+    return "## Runs that did not complete\n\n" + _table(["section", "arguments", "status"], failed)
+
+
+def write_report(path, results, versions, quick, started, elapsed_seconds, load, quoted, baseline_commit):
+    """Writes the markdown report of one `run_all.py` run to `path`."""
+    optimisations = (BENCH_DIR / "OPTIMISATIONS.md").read_text().strip()
+    sections = [
+        _header(versions, quick, started, elapsed_seconds, load, baseline_commit),
+        _peak_section(results),
+        _layer_section(results, quoted),
+        optimisations,
+        _variants_section(results, "execution", "execution", ["graph", "eager", "xla"],
+                          "Execution: tf.function vs eager vs XLA",
+                          "Current layer, float32, interleaved in one process. graph = `tf.function`; "
+                          "xla = `tf.function(jit_compile=True)`."),
+        _variants_section(results, "precision", "policy", ["float32", "mixed_float16", "mixed_bfloat16"],
+                          "Precision: float32 vs mixed precision",
+                          "Current layer, graph mode, Keras dtype policies, interleaved in one process "
+                          "(softmax and batch-norm statistics stay float32)."),
+        _onednn_section(results),
+        _block_section(results),
+        _scaling_section(results),
+        _model_section(results),
+        _training_section(results),
+        _problems(results),
+    ]
+    pathlib.Path(path).write_text("\n\n".join(sections) + "\n")
