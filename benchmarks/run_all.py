@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import tempfile
@@ -77,8 +78,11 @@ def run_script(script, args=(), timeout=600, memory_limit_mb=MEMORY_LIMIT_MB, en
         records = [json.loads(line[len(RECORD_PREFIX):]) for line in lines if line.startswith(RECORD_PREFIX)]
         if script == "input_pipeline.py":  # prints one plain JSON line
             records = [dict(json.loads(line), benchmark="input_pipeline") for line in lines if line.startswith("{")]
-        if status == "ok" and process.returncode != 0:
-            error_lines = [line for line in err.read().splitlines() if line.strip()]
+        if status == "ok" and process.returncode < 0:
+            name = signal.Signals(-process.returncode).name
+            status = f"crashed: {name} after {seconds:.0f} s (peak resident memory {peak_mb / 1024:.1f} GB)"
+        elif status == "ok" and process.returncode != 0:
+            error_lines = [line for line in err.read().splitlines() if line.strip() and "cuda" not in line.lower()]
             status = f"failed (exit {process.returncode}): {error_lines[-1][:200] if error_lines else ''}"
     print(f"    {status}, {seconds:.0f} s, {len(records)} record(s)", flush=True)
     return records, status, seconds
@@ -90,7 +94,7 @@ def plan(quick):
     cases = ["ds_stage4", "resnet_s_stage2"] if quick else list(LAYER_CASES)
     steps = [("peak", "peak_flops.py", ["--size", "2048" if quick else "4096"], 300)]
     for case in cases:
-        case_rounds = "2" if case == "local_span65" and not quick else rounds
+        case_rounds = "1" if quick else "3" if case == "local_span65" else "5"
         steps.append(("layer", "layer_speed.py",
                       ["--case", case, "--impls", "current,baseline", "--rounds", case_rounds], 900))
     for case in ["ds_stage4"] if quick else ["ds_stage4", "resnet_s_stage2"]:
@@ -113,6 +117,7 @@ def plan(quick):
     steps.append(("train_step", "train_step.py", ["--steps", "3" if quick else "10"], 600))
     steps.append(("input_pipeline", "input_pipeline.py",
                   ["--batches", "20" if quick else "100", "--warmup_batches", "5" if quick else "10"], 600))
+    steps.append(steps[0])  # the peak again: the report uses the better of the two
     return steps
 
 

@@ -7,7 +7,10 @@ import pytest
 
 import keras
 from conftest import FIXTURES_DIR
-from axial_tf.models import AxialResNet, get_backbone, list_backbones, stage_plan
+from axial_tf.layers import resize_bilinear_align_corners
+from axial_tf.layers.resized_fuse import ResizedFuse
+from axial_tf.models import AxialResNet, endpoint_strides, get_backbone, list_backbones, stage_plan
+from axial_tf.models.axial_resnet import stacked_decoder_plan
 
 GOLDENS = json.loads((FIXTURES_DIR / "deeplab2" / "param_counts.json").read_text())["results"]
 # The largest instances take ~15 s and ~2 GB each to build: run them with -m slow.
@@ -146,3 +149,121 @@ def test_remat_gives_same_gradients():
         grads.append([np.asarray(tf.convert_to_tensor(g)) for g in tape.gradient(loss, model.trainable_weights)])
     for a, b in zip(*grads):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def _count_by_component(model):
+    """Trainable parameters per DeepLab2 component: stem, stage1..5, and "other" (e.g. the stacked decoder)."""
+    counts = {}
+    for weight in model.trainable_weights:
+        top = weight.path.split("/")[0]
+        key = top if top == "stem" or (top.startswith("stage") and top[len("stage"):].isdigit()) else "other"
+        counts[key] = counts.get(key, 0) + int(np.prod(weight.shape))
+    return counts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "golden",
+    [g for g in GOLDENS if g["name"] == "max_deeplab_l_backbone"],
+    ids=_golden_id,
+)
+def test_stacked_decoder_parameters_by_component_equal_deeplab2(golden):
+    """MaX-DeepLab-L: the stacked decoder holds exactly DeepLab2's "other" parameters."""
+    model = get_backbone(golden["name"], backbone_layer_multiplier=golden["backbone_layer_multiplier"])
+    assert _count_by_component(model) == golden["trainable_params_by_component"]
+    assert len(model.trainable_weights) == golden["num_trainable_variables"]
+    keras.backend.clear_session()
+
+
+def _tiny_max_deeplab_l(**overrides):
+    args = dict(width_multiplier=0.0625, stem_width_multiplier=0.0625, backbone_layer_multiplier=0.34,
+                attention={"num_heads": 2})
+    args.update(overrides)
+    return get_backbone("max_deeplab_l_backbone", **args)
+
+
+@pytest.mark.parametrize("output_stride", [16, 32])
+def test_stacked_decoder_plan_goes_up_and_back_down(output_stride):
+    """One stack: strides OS/2 ... 4 ... OS; the last stage is sized like stage 5 (axial, 2048w channels)."""
+    config = _tiny_max_deeplab_l(output_stride=output_stride).backbone_config
+    plan = stacked_decoder_plan(config)
+    going_up = [output_stride // 2 ** i for i in range(1, int(np.log2(output_stride // 4)) + 1)]
+    assert [stage["stride"] for stage in plan] == going_up + going_up[-2::-1] + [output_stride]
+    # round(64 * stride * width) channels, 128 = 2048 / 16 at the output stride (stage-5 sized).
+    assert [stage["channels"] for stage in plan[:-1]] == [4 * s for s in going_up + going_up[-2::-1]]
+    assert plan[-1]["channels"] == 128
+    assert plan[-1]["blocks"][0]["filters_list"] == [128, 32, 128]
+    # Axial from (original-network) stride 16 on, like the encoder; basic conv blocks below.
+    axial = [stage["blocks"][0].get("attention") is not None for stage in plan]
+    assert axial == [stage["stride"] >= 16 for stage in plan]
+
+
+@pytest.mark.parametrize("size", [(41, 23), (33, 50)])
+def test_stacked_decoder_endpoints_at_odd_sizes(size):
+    """Encoder endpoints are unchanged by the decoder; backbone_output is the decoded ReLU feature at OS 16."""
+    model = _tiny_max_deeplab_l()
+    image = np.random.default_rng(4).normal(size=(2, *size, 3)).astype("float32")
+    outputs = model(image)
+    strides = endpoint_strides(model)
+    for key, stride in strides.items():
+        expected = tuple(-(-s // stride) for s in size)
+        assert tuple(outputs[key].shape[1:3]) == expected, key
+    assert strides["backbone_output"] == 16 and outputs["backbone_output"].shape[-1] == 128
+    assert float(np.min(np.asarray(outputs["backbone_output"]))) >= 0.0
+    # The decoder changes the feature: backbone_output is not res5.
+    assert not np.allclose(np.asarray(outputs["backbone_output"]), np.asarray(outputs["res5"]))
+
+
+def test_stacked_decoder_any_input_size_and_config_round_trip():
+    """Built on one size, the decoder gives at another size what a fresh copy from its config gives."""
+    model = _tiny_max_deeplab_l()
+    _randomise_bn(model)
+    model(np.zeros((1, 33, 33, 3), "float32"))
+    fresh = AxialResNet.from_config(model.get_config())
+    fresh.set_weights(model.get_weights())
+    image = np.random.default_rng(5).normal(size=(1, 45, 30, 3)).astype("float32")
+    np.testing.assert_allclose(
+        np.asarray(model(image)["backbone_output"]), np.asarray(fresh(image)["backbone_output"]), atol=1e-5
+    )
+
+
+def test_resized_fuse_paths_match_their_definition():
+    """Strided 1x1 conv when the stride doubles, bilinear (aligned corners) resizing otherwise."""
+    fuse = ResizedFuse(8, input_strides=[16, 8, 4, 4], target_stride=8, batch_norm_epsilon=0.0)
+    rng = np.random.default_rng(6)
+    coarse, same, fine, fine_same_width = (
+        rng.normal(size=shape).astype("float32") for shape in [(1, 3, 4, 6), (1, 5, 7, 8), (1, 10, 13, 4), (1, 10, 13, 8)]
+    )
+    fused = np.asarray(fuse([coarse, same, fine, fine_same_width]))
+    assert fused.shape == (1, 5, 7, 8)
+    # Names follow DeepLab2: which input, and how it is brought to the target grid.
+    assert [p.name if p else None for p in fuse.projections] == ["resized_conv_bn1", None, "strided_conv_bn3", None]
+    kernel = {p.name: np.asarray(p.conv.kernel)[0, 0] for p in fuse.projections if p}  # [C_in, C_out]
+    # Inference BN with fresh statistics and epsilon 0 is the identity.
+    projected_coarse = np.maximum(coarse, 0) @ kernel["resized_conv_bn1"]
+    expected = (
+        np.asarray(resize_bilinear_align_corners(projected_coarse, (5, 7)))
+        + same
+        + (np.maximum(fine, 0) @ kernel["strided_conv_bn3"])[:, ::2, ::2]
+        + np.asarray(resize_bilinear_align_corners(fine_same_width, (5, 7)))
+    )
+    np.testing.assert_allclose(fused, np.maximum(expected, 0), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(high_resolution_output_stride=16), "high_resolution_output_stride"),
+        (dict(high_resolution_output_stride=3), "high_resolution_output_stride"),
+        (dict(backbone_decoder_blocks_per_stage=0), "backbone_decoder_blocks_per_stage"),
+        (dict(backbone_decoder_num_stacks=-1), "backbone_decoder_num_stacks"),
+    ],
+)
+def test_bad_stacked_decoder_settings_are_named(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _tiny_max_deeplab_l(**overrides)
+
+
+def test_resized_fuse_needs_an_input_at_the_target_stride():
+    with pytest.raises(ValueError, match="target_stride"):
+        ResizedFuse(8, input_strides=[16, 4], target_stride=8)

@@ -109,3 +109,51 @@ def test_train_and_eval_writes_metrics_and_summaries(tmp_path):
     assert metrics["step"] == 2 and metrics["batches"] == 1
     assert list((tmp_path / "run" / "train").glob("events.out.tfevents.*"))
     assert "Evaluation at step 2" in result.stdout
+
+
+def _tiny_classification_config(tmp_path):
+    import PIL.Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("val", 4)):
+        for index, name in enumerate(("red", "blue")):
+            folder = tmp_path / "images" / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 60, size=(40, 44, 3)).astype(np.uint8)
+                pixels[..., 0 if index == 0 else 2] += 180
+                PIL.Image.fromarray(pixels).save(folder / f"{i}.png")
+    config = tmp_path / "tiny_classification.yaml"
+    config.write_text(f"""
+model:
+  task: classification
+  backbone: axial_resnet_s
+  backbone_overrides:
+    width_multiplier: 0.0625
+    stem_width_multiplier: 0.125
+    backbone_layer_multiplier: 0.34
+    attention: {{num_heads: 2}}
+  output_stride: 32
+  num_classes: 2
+data:
+  dataset: image_folder_classification
+  builder_options: {{config: {{name: tinycolours, root: "{tmp_path / 'images'}"}}}}
+  crop_size: [32, 32]
+  shuffle_buffer_size: 8
+optimizer: {{name: sgd, learning_rate: 0.01}}
+training: {{steps: 2, batch_size: 4, checkpoint_interval: 1, summary_interval: 1, sync_batch_norm: true}}
+evaluation: {{batch_size: 4, metrics: [top1, top5]}}
+""")
+    return config
+
+
+def test_classification_default_and_mirrored_and_eval(tmp_path):
+    config = _tiny_classification_config(tmp_path)
+    run_training(config, tmp_path / "one", extra=["--cpu_devices", "2"])
+    run_training(config, tmp_path / "two", extra=["--cpu_devices", "2", "--strategy", "mirrored", "--mode",
+                                                  "train_and_eval"])
+    assert_same_weights(checkpoint_weights(tmp_path / "one"), checkpoint_weights(tmp_path / "two"),
+                        atol=1e-4, rtol=1e-4)
+    metrics = json.loads((tmp_path / "two" / "eval" / "metrics.json").read_text())
+    assert 0.0 <= metrics["top1"] <= 1.0 and metrics["top5"] == 1.0  # 2 classes: top-5 always hits
+    assert metrics["batches"] == 2  # all 8 validation images

@@ -1,7 +1,9 @@
 """Axial-ResNet: a general ResNet / Wide-ResNet / Axial-ResNet backbone builder.
 
-Named models (Axial-ResNet-S, Axial-DeepLab-L, SWideRNet, ...) are just
-configurations of `AxialResNet`; see `backbone_registry.py`.
+Named models (Axial-ResNet-S, Axial-DeepLab-L, SWideRNet, MaX-DeepLab-L, ...) are
+just configurations of `AxialResNet`; see `backbone_registry.py`. Optionally the
+backbone ends with MaX-DeepLab's stacked (hourglass) decoder, planned by
+`stacked_decoder_plan`.
 """
 
 import math
@@ -10,6 +12,7 @@ import keras
 from keras import ops
 
 from axial_tf.layers import AxialBlock, ConvBN
+from axial_tf.layers.resized_fuse import ResizedFuse
 
 STEM_TYPES = ("resnet", "resnet_beta", "wider_resnet", "none")
 DROP_PATH_SCHEDULES = ("constant", "linear")
@@ -197,6 +200,19 @@ class AxialResNet(keras.Model):
     (non-activated block outputs; `stage1` is the stem when there is no stage 1)
     and `res1`..`res5` (their ReLU), as DeepLab2 names them.
 
+    With `backbone_decoder_num_stacks > 0` (MaX-DeepLab-L) the encoder is followed
+    by a stacked decoder: from the last stage it goes up to
+    `high_resolution_output_stride` and back down to the output stride, once per
+    stack (stride 8, 4, 8, 16 for one stack at output stride 16). Each decoder
+    stage fuses the previous stage's output with the last two features at its
+    stride (`ResizedFuse`) and applies `backbone_decoder_blocks_per_stage`
+    residual blocks; see `stacked_decoder_plan`. As in DeepLab2, `stage*` and
+    `res*` stay the encoder's features (taken before the decoder) and the extra
+    endpoint `backbone_output` is the ReLU of the last decoder stage, at the
+    output stride with `round(2048 * width_multiplier)` channels: it is the
+    feature that classification heads and MaX-DeepLab pool or decode. Backbones
+    without a stacked decoder have no `backbone_output` (use `res5`).
+
     Args:
         stem_type: "resnet" (7x7/2), "resnet_beta" (Inception stem),
             "wider_resnet" (3x3/2, adds stage 1) or "none" (fully axial).
@@ -222,6 +238,11 @@ class AxialResNet(keras.Model):
         drop_path_keep_prob: stochastic-depth keep probability.
         drop_path_beyond_stride: blocks below this stride are never dropped.
         drop_path_schedule: "constant" or "linear".
+        backbone_decoder_num_stacks: stacked-decoder hourglasses after the last
+            stage (0: none, 1 in MaX-DeepLab-L).
+        backbone_decoder_blocks_per_stage: residual blocks per decoder stage.
+        high_resolution_output_stride: the finest stride the stacked decoder
+            reaches before turning back (2, 4 or 8, below `output_stride`).
         remat: gradient checkpointing per block (saves memory when training).
         batch_norm_momentum: BN momentum.
         batch_norm_epsilon: BN epsilon.
@@ -256,6 +277,9 @@ class AxialResNet(keras.Model):
         drop_path_keep_prob=1.0,
         drop_path_beyond_stride=16,
         drop_path_schedule="constant",
+        backbone_decoder_num_stacks=0,
+        backbone_decoder_blocks_per_stage=1,
+        high_resolution_output_stride=4,
         remat=False,
         batch_norm_momentum=0.99,
         batch_norm_epsilon=1e-3,
@@ -281,6 +305,9 @@ class AxialResNet(keras.Model):
             drop_path_keep_prob=float(drop_path_keep_prob),
             drop_path_beyond_stride=int(drop_path_beyond_stride),
             drop_path_schedule=drop_path_schedule,
+            backbone_decoder_num_stacks=int(backbone_decoder_num_stacks),
+            backbone_decoder_blocks_per_stage=int(backbone_decoder_blocks_per_stage),
+            high_resolution_output_stride=int(high_resolution_output_stride),
             remat=bool(remat),
             batch_norm_momentum=batch_norm_momentum,
             batch_norm_epsilon=batch_norm_epsilon,
@@ -305,16 +332,20 @@ class AxialResNet(keras.Model):
             x = stage(x)
             endpoints[f"stage{index}"] = x
             stages.append(stage)
+        decoder_output, decoder_layers = _apply_stacked_decoder(config, x, endpoints, bn)
         for key in list(endpoints):
             endpoints["res" + key[len("stage"):]] = keras.layers.ReLU(name="res" + key[len("stage"):])(endpoints[key])
+        if decoder_output is not None:
+            endpoints["backbone_output"] = keras.layers.ReLU(name="backbone_output")(decoder_output)
         super().__init__(inputs=inputs, outputs=endpoints, **kwargs)
         self.backbone_config = config
         self.stem = stem
         self.stages = stages
+        self.decoder_layers = decoder_layers
 
     def deeplab2_children(self):
-        """Sub-layers in DeepLab2's encoder naming (`_stem`, `_stage2`, ...)."""
-        return ([self.stem] if self.stem is not None else []) + self.stages
+        """Sub-layers in DeepLab2's encoder naming (`_stem`, `_stage2`, ..., `_decoder_stage1`, ...)."""
+        return ([self.stem] if self.stem is not None else []) + self.stages + self.decoder_layers
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable, **self.backbone_config}
@@ -345,6 +376,30 @@ def _validate(config):
     if config["drop_path_schedule"] not in DROP_PATH_SCHEDULES:
         raise ValueError(
             f"drop_path_schedule must be one of {DROP_PATH_SCHEDULES}, got {config['drop_path_schedule']!r}."
+        )
+    _validate_stacked_decoder(config)
+
+
+def _validate_stacked_decoder(config):
+    stacks, high = config["backbone_decoder_num_stacks"], config["high_resolution_output_stride"]
+    if stacks < 0:
+        raise ValueError(f"backbone_decoder_num_stacks must be >= 0, got {stacks}.")
+    if config["backbone_decoder_blocks_per_stage"] < 1:
+        raise ValueError(
+            f"backbone_decoder_blocks_per_stage must be >= 1, got {config['backbone_decoder_blocks_per_stage']}."
+        )
+    if stacks == 0:
+        return
+    if high not in (2, 4, 8) or high >= config["output_stride"]:
+        raise ValueError(
+            f"high_resolution_output_stride must be 2, 4 or 8 and below output_stride={config['output_stride']}, "
+            f"got {high}."
+        )
+    finest = min(_stage_output_strides(config).values())
+    if high < finest:
+        raise ValueError(
+            f"high_resolution_output_stride={high}: the stacked decoder needs an encoder feature at that stride, "
+            f"but the finest one is at stride {finest} (stem_max_pool?)."
         )
 
 
@@ -382,10 +437,9 @@ def stage_plan(config):
         else:
             multiplier = config["stem_width_multiplier"] if wide and index == 0 else config["width_multiplier"]
             filters = int(round(_STAGE_INPUT_STRIDES[index] * 32 * multiplier))
-        attention = {**config["attention"], **config["stage_attention"].get(index + 1, {})}
+        attention = _stage_attention(config, index + 1)
         blocks = []
         current = stride_in  # stride of the block's input in the original network
-        out_channels = filters * config["block_output_expansion"]
         for block_index in range(counts[index]):
             first = block_index == 0
             strides = stage_stride if first and stride_in < output_stride else 1
@@ -393,28 +447,8 @@ def stage_plan(config):
             # A first block whose stride became atrous: its later convs see the doubled rate.
             strided_rate = stride_in * stage_stride // output_stride if stride_in * stage_stride > output_stride else 1
             second_rate = strided_rate if first else rate
-            block = dict(
-                strides=strides,
-                dilation_rate=rate,
-                second_dilation_rate=second_rate,
-                drop_path_keep_prob=drop_path_keep_prob_for(
-                    current, config["drop_path_keep_prob"], config["drop_path_schedule"],
-                    config["drop_path_beyond_stride"],
-                ),
-                batch_norm_momentum=config["batch_norm_momentum"],
-                batch_norm_epsilon=config["batch_norm_epsilon"],
-                sync_batch_norm=config["sync_batch_norm"],
-            )
-            if current >= config["use_axial_beyond_stride"] > 0:
-                expansion = config["attention_bottleneck_expansion"]
-                block.update(filters_list=[int(filters * expansion), filters, out_channels], attention=attention)
-            elif not wide:
-                block.update(filters_list=[filters, filters, out_channels])
-            elif stride_in * stage_stride < 32:
-                block.update(filters_list=[filters * 4, filters * 4])
-            else:
-                block.update(filters_list=[filters, filters * 2, filters * 4])
-            blocks.append(block)
+            blocks.append(_block_config(config, filters, attention, current, stride_in * stage_stride,
+                                        strides, rate, second_rate))
             if first:
                 current *= stage_stride
         if blocks:
@@ -422,16 +456,154 @@ def stage_plan(config):
     return plan
 
 
+def _stage_attention(config, stage_number):
+    """`AxialAttention2D` settings of a stage: the shared ones with the stage's overrides."""
+    return {**config["attention"], **config["stage_attention"].get(stage_number, {})}
+
+
+def _block_config(config, filters, attention, resnet_stride, group_output_stride, strides, dilation_rate,
+                  second_dilation_rate):
+    """`AxialBlock` kwargs of one block.
+
+    Args:
+        config: backbone config.
+        filters: base width of the block's group.
+        attention: attention settings, used if the block is axial.
+        resnet_stride: stride of the block's input in the original (non-atrous)
+            network; decides axial vs conv and the drop-path probability.
+        group_output_stride: original-network stride at the end of the block's
+            group; in wider_resnet, groups ending at stride 32 use bottlenecks.
+        strides: the block's stride.
+        dilation_rate: atrous rate of its 3x3 convolutions.
+        second_dilation_rate: atrous rate of a basic block's second 3x3 conv.
+
+    Returns:
+        dict of `AxialBlock` arguments.
+    """
+    block = dict(
+        strides=strides,
+        dilation_rate=dilation_rate,
+        second_dilation_rate=second_dilation_rate,
+        drop_path_keep_prob=drop_path_keep_prob_for(
+            resnet_stride, config["drop_path_keep_prob"], config["drop_path_schedule"],
+            config["drop_path_beyond_stride"],
+        ),
+        batch_norm_momentum=config["batch_norm_momentum"],
+        batch_norm_epsilon=config["batch_norm_epsilon"],
+        sync_batch_norm=config["sync_batch_norm"],
+    )
+    out_channels = filters * config["block_output_expansion"]
+    if resnet_stride >= config["use_axial_beyond_stride"] > 0:
+        expansion = config["attention_bottleneck_expansion"]
+        block.update(filters_list=[int(filters * expansion), filters, out_channels], attention=attention)
+    elif config["stem_type"] != "wider_resnet":
+        block.update(filters_list=[filters, filters, out_channels])
+    elif group_output_stride < 32:
+        block.update(filters_list=[filters * 4, filters * 4])
+    else:
+        block.update(filters_list=[filters, filters * 2, filters * 4])
+    return block
+
+
+def stacked_decoder_plan(config):
+    """Lists the stages of the stacked decoder of a backbone config (MaX-DeepLab).
+
+    Starting at the output stride, the decoder halves its stride down to
+    `high_resolution_output_stride`, then doubles it back up; reaching the output
+    stride again completes one stack (e.g. strides 8, 4, 8, 16 for one stack at
+    output stride 16). A stage at stride `s` is sized like the original network's
+    blocks at `s`, except that stages at the output stride are sized like its last
+    stage (stride 32): `round(64 * r * width_multiplier)` channels for `r = s` or
+    32, blocks of base width a quarter of that, atrous past the output stride.
+
+    Args:
+        config: backbone config (`AxialResNet.backbone_config`).
+
+    Returns:
+        List of dicts, one per stage in call order: `stage` (1-based number),
+        `stride` (output stride of its features), `channels` (width its inputs
+        are fused to) and `blocks` (`AxialBlock` kwargs, as in `stage_plan`).
+    """
+    output_stride, high = config["output_stride"], config["high_resolution_output_stride"]
+    plan = []
+    stride, step, stacks_done = output_stride, 0.5, 0
+    while stacks_done < config["backbone_decoder_num_stacks"]:
+        stride = int(stride * step)
+        if stride == output_stride:
+            stacks_done += 1
+            step = 0.5
+        if stride == high:
+            step = 2
+        resnet_stride = 32 if stride == output_stride else stride
+        channels = int(round(resnet_stride * 64 * config["width_multiplier"]))
+        rate = resnet_stride // output_stride if resnet_stride > output_stride else 1
+        attention = _stage_attention(config, int(math.log2(resnet_stride)))
+        block = _block_config(config, channels // 4, attention, resnet_stride, resnet_stride, 1, rate, rate)
+        plan.append(dict(stage=len(plan) + 1, stride=stride, channels=channels,
+                         blocks=[dict(block) for _ in range(config["backbone_decoder_blocks_per_stage"])]))
+    return plan
+
+
+def _apply_stacked_decoder(config, encoder_output, endpoints, bn):
+    """Adds the stacked decoder to the graph after the encoder.
+
+    Each stage fuses the previous stage's output with the last two features at
+    its stride (the encoder's, then earlier decoder outputs), so every stage sees
+    one feature from the way up and one from the way down.
+
+    Args:
+        config: backbone config.
+        encoder_output: the last stage's non-activated output.
+        endpoints: the encoder's `stage*` endpoints.
+        bn: batch-norm arguments of the new layers.
+
+    Returns:
+        `(output, layers)`: the last stage's non-activated output (None without a
+        decoder) and the decoder layers in call order.
+    """
+    plan = stacked_decoder_plan(config)
+    if not plan:
+        return None, []
+    features_at_stride = {}
+    # A later stage at the same stride replaces an earlier one (stage 5 replaces
+    # stage 4 at output stride 16), as in DeepLab2.
+    for key, stride in _stage_output_strides(config).items():
+        features_at_stride[stride] = [endpoints[key]]
+    current = encoder_output  # [B, ceil(H / os), ceil(W / os), C]
+    current_stride = config["output_stride"]
+    layers = []
+    for stage in plan:
+        stride, name = stage["stride"], f"decoder_stage{stage['stage']}"
+        inputs = [current] + features_at_stride[stride][-2:]
+        fuse = ResizedFuse(stage["channels"], [current_stride] + [stride] * (len(inputs) - 1), stride,
+                           name=f"{name}_resized_fuse", **bn)
+        group = BlockGroup(stage["blocks"], remat=config["remat"], name=name)
+        current = group(fuse(inputs))  # [B, ceil(H / stride), ceil(W / stride), C']
+        current_stride = stride
+        features_at_stride[stride].append(current)
+        layers += [fuse, group]
+    return current, layers
+
+
+def _stage_output_strides(config):
+    """Output stride of each `stage*` endpoint of a backbone config."""
+    strides = {}
+    stride = 1 if config["stem_type"] == "none" else 2
+    stride *= 2 if config["stem_max_pool"] else 1  # stage1 is taken after the pool
+    if config["stem_type"] != "none":
+        strides["stage1"] = stride
+    for index, blocks in stage_plan(config):
+        stride *= blocks[0]["strides"]
+        strides[f"stage{index}"] = stride
+    return strides
+
+
 def endpoint_strides(backbone):
     """Output stride of each endpoint of a backbone, for decoders picking features."""
     config = backbone.backbone_config
-    plan_strides = {}
-    stride = 1 if backbone.stem is None else 2
-    stride *= 2 if config["stem_max_pool"] else 1  # stage1 is taken after the pool
-    if backbone.stem is not None:
-        plan_strides["stage1"] = stride
-    for index, blocks in stage_plan(config):
-        stride *= blocks[0]["strides"]
-        plan_strides[f"stage{index}"] = stride
-    return {**plan_strides, **{"res" + k[5:]: v for k, v in plan_strides.items()}}
+    plan_strides = _stage_output_strides(config)
+    strides = {**plan_strides, **{"res" + k[5:]: v for k, v in plan_strides.items()}}
+    if config["backbone_decoder_num_stacks"] > 0:
+        strides["backbone_output"] = config["output_stride"]
+    return strides
 

@@ -42,6 +42,8 @@ BACKBONES = {
     ),
     "swidernet": _SWIDERNET,
     "axial_swidernet": dict(_SWIDERNET, **_WIDE_ATTENTION),
+    # Axial-SWideRNet-(1, 1, 1) followed by one stack of the stacked decoder (DeepLab2's MaXDeepLabLBackbone).
+    "max_deeplab_l_backbone": dict(_SWIDERNET, **_WIDE_ATTENTION, backbone_decoder_num_stacks=1),
 }
 # SWideRNet-(w1, w2, l): stem width, backbone width and layer multipliers.
 for _base in ("swidernet", "axial_swidernet"):

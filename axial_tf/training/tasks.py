@@ -120,9 +120,6 @@ class ClassificationTask:
                 f"model.num_classes is {config.model.num_classes} but dataset {config.data.dataset!r} has "
                 f"{self.info.num_classes} classes."
             )
-        self.cross_entropy = keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True, reduction="sum_over_batch_size"
-        )
 
     def build_model(self):
         return build_model(self.config.model, sync_batch_norm=self.config.training.sync_batch_norm)
@@ -141,7 +138,9 @@ class ClassificationTask:
 
     def losses(self, model, batch, training=True):
         logits = tf.cast(model(batch["image"], training=training), tf.float32)
-        loss = self.cross_entropy(batch["label"], logits)
+        # The functional form: Keras' Loss objects also divide by the replica count
+        # inside tf.distribute, and the trainer already does that.
+        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(batch["label"], logits, from_logits=True))
         return {"classification_loss": loss, "total_loss": loss}
 
     def make_metrics(self):

@@ -57,8 +57,10 @@ class Trainer:
         self.model_dir = model_dir
         self.strategy = strategy
         self.log = log or (lambda *args, **kwargs: None)
-        configure_runtime(config)
         self.task = make_task(config)
+        # Seeded after the task: preparing a dataset for the first time may draw random
+        # numbers, and the initial weights must not depend on whether it was prepared.
+        configure_runtime(config)
         training = config.training
         if training.batch_size % strategy.num_replicas_in_sync:
             raise ValueError(
