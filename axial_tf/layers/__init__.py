@@ -8,6 +8,7 @@ from axial_tf.layers.drop_path import DropPath
 from axial_tf.layers.masked_batch_norm import MaskedBatchNormalization
 from axial_tf.layers.relative_positional_encoding import RelativePositionalEncoding
 from axial_tf.layers.resize import resize_bilinear_align_corners
+from axial_tf.layers.resized_fuse import ResizedFuse
 from axial_tf.layers.separable_conv_bn import SeparableConvBN
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "DropPath",
     "MaskedBatchNormalization",
     "RelativePositionalEncoding",
+    "ResizedFuse",
     "SeparableConvBN",
     "resize_bilinear_align_corners",
     "same_padding",

@@ -210,8 +210,8 @@ class AxialResNet(keras.Model):
     `res*` stay the encoder's features (taken before the decoder) and the extra
     endpoint `backbone_output` is the ReLU of the last decoder stage, at the
     output stride with `round(2048 * width_multiplier)` channels: it is the
-    feature that classification heads and MaX-DeepLab pool or decode. Backbones
-    without a stacked decoder have no `backbone_output` (use `res5`).
+    feature that classification heads and MaX-DeepLab pool or decode. Without a
+    stacked decoder `backbone_output` is the last stage's `res` endpoint.
 
     Args:
         stem_type: "resnet" (7x7/2), "resnet_beta" (Inception stem),
@@ -335,8 +335,11 @@ class AxialResNet(keras.Model):
         decoder_output, decoder_layers = _apply_stacked_decoder(config, x, endpoints, bn)
         for key in list(endpoints):
             endpoints["res" + key[len("stage"):]] = keras.layers.ReLU(name="res" + key[len("stage"):])(endpoints[key])
+        # The feature heads pool or decode: the stacked decoder's output, else res5 (as DeepLab2).
         if decoder_output is not None:
             endpoints["backbone_output"] = keras.layers.ReLU(name="backbone_output")(decoder_output)
+        else:
+            endpoints["backbone_output"] = endpoints[f"res{stages[-1].name[len('stage'):]}"]
         super().__init__(inputs=inputs, outputs=endpoints, **kwargs)
         self.backbone_config = config
         self.stem = stem
@@ -603,7 +606,6 @@ def endpoint_strides(backbone):
     config = backbone.backbone_config
     plan_strides = _stage_output_strides(config)
     strides = {**plan_strides, **{"res" + k[5:]: v for k, v in plan_strides.items()}}
-    if config["backbone_decoder_num_stacks"] > 0:
-        strides["backbone_output"] = config["output_stride"]
+    strides["backbone_output"] = config["output_stride"] if config["backbone_decoder_num_stacks"] > 0 else strides["res5"]
     return strides
 

@@ -73,7 +73,8 @@ class AxialResNetClassifier(keras.Model):
         backbone_overrides: `AxialResNet` settings when `backbone` is a name
             (e.g. `{"output_stride": 32}`).
         dropout: dropout rate before the dense layer (0 disables it).
-        feature_key: backbone endpoint that is pooled.
+        feature_key: backbone endpoint that is pooled (`backbone_output`: the
+            stacked decoder's output if the backbone has one, else `res5`).
         input_normalization: "symmetric", "imagenet" or None (see above).
         **kwargs: `keras.Model` arguments (e.g. `name`).
 
@@ -89,7 +90,7 @@ class AxialResNetClassifier(keras.Model):
         num_classes,
         backbone_overrides=None,
         dropout=0.0,
-        feature_key="res5",
+        feature_key="backbone_output",
         input_normalization="symmetric",
         **kwargs,
     ):

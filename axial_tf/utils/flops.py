@@ -32,6 +32,7 @@ import math
 import keras
 
 from axial_tf import layers as axial_layers
+from axial_tf.layers.resized_fuse import ResizedFuse
 
 
 @dataclasses.dataclass
@@ -217,6 +218,14 @@ def _depthwise_conv2d(counter, layer, input_shape, path):
     kernel_h, kernel_w = layer.kernel_size
     counter.add(path, _spatial_size(output_shape) * kernel_h * kernel_w * output_shape[-1])
     return output_shape
+
+
+@register_madds_counter(ResizedFuse)
+def _resized_fuse(counter, layer, input_shapes, path):
+    for shape, projection in zip(input_shapes, layer.projections):
+        if projection is not None:
+            count_sublayer(counter, projection, shape, path)
+    return layer.compute_output_shape(input_shapes)
 
 
 @register_madds_counter(keras.layers.Dense)
