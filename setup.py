@@ -7,11 +7,14 @@ import setuptools
 _ROOT = pathlib.Path(__file__).parent
 
 
+_TEST_ONLY = ("pytest", "imgviz", "cmap", "pycocotools", "tensorflow-serving-api")
+
+
 def _requirements():
-    """The runtime pins of requirements.txt (pytest is only for the suite)."""
+    """The runtime pins of requirements.txt (test-only packages are extras)."""
     lines = (_ROOT / "requirements.txt").read_text().splitlines()
-    pins = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    return [pin for pin in pins if not pin.startswith("pytest")]
+    pins = [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+    return [pin for pin in pins if not pin.startswith(_TEST_ONLY)]
 
 
 setuptools.setup(

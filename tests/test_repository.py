@@ -28,3 +28,26 @@ def test_readme_layer_example_builds_trains_and_saves(tmp_path):
 
     reloaded = keras.models.load_model(tmp_path / "readme.keras", safe_mode=True)
     np.testing.assert_allclose(np.asarray(reloaded(x)), np.asarray(model(x)), atol=1e-5)
+
+
+def test_every_shipped_config_loads_and_names_known_models():
+    from axial_tf.models import list_backbones
+    from axial_tf.training.config import load_config
+
+    configs = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
+    assert len(configs) >= 9
+    for path in configs:
+        config = load_config(path)
+        assert config.model.backbone in list_backbones(), path
+
+
+def test_cityscapes_configs_follow_deeplab2():
+    from axial_tf.models import backbone_config
+    from axial_tf.training.config import load_config
+
+    config = load_config(REPO_ROOT / "configs" / "cityscapes" / "axial_swidernet_1_1_3_os16.yaml")
+    assert config.model.num_classes == 19 and config.data.crop_size == [1025, 2049]
+    assert config.model.backbone_overrides["backbone_layer_multiplier"] == 3
+    assert config.evaluation.postprocessing.merge_style == "tf_merge"
+    settings = backbone_config(config.model.backbone, **config.model.backbone_overrides)
+    assert settings["drop_path_schedule"] == "linear" and settings["drop_path_keep_prob"] == 0.8

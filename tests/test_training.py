@@ -157,3 +157,22 @@ def test_classification_default_and_mirrored_and_eval(tmp_path):
     metrics = json.loads((tmp_path / "two" / "eval" / "metrics.json").read_text())
     assert 0.0 <= metrics["top1"] <= 1.0 and metrics["top5"] == 1.0  # 2 classes: top-5 always hits
     assert metrics["batches"] == 2  # all 8 validation images
+
+
+def test_tiny_axial_deeplab_loss_falls(tmp_path):
+    from axial_tf.training.config import load_config
+    from axial_tf.training.trainer import Trainer
+
+    config = load_config(TINY_PANOPTIC, overrides=[
+        "training.steps=30", "training.checkpoint_interval=30", "optimizer.learning_rate=0.003",
+        "model.backbone_overrides.drop_path_keep_prob=1.0",
+    ])
+    trainer = Trainer(config, str(tmp_path), tf.distribute.get_strategy(), log=None)
+    batch = next(iter(trainer.task.train_dataset_fn(8)(None)))
+
+    def loss():
+        return float(trainer.task.losses(trainer.model, batch, training=True)["total_loss"])
+
+    before = loss()
+    trainer.train()
+    assert loss() < 0.7 * before
