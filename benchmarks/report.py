@@ -1,5 +1,6 @@
 """Formats the records collected by `run_all.py` as BENCHMARKS.md."""
 
+import json
 import pathlib
 
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
@@ -50,7 +51,9 @@ def _header(versions, quick, started, elapsed_seconds, load, baseline_commit):
     return f"""# Benchmarks{mode}
 
 Regenerate with `python benchmarks/run_all.py` (about {max(1, round(elapsed_seconds / 60))} min here;
-`--quick` for a smoke run). Every number below was measured in that one run.
+`--quick` for a smoke run; `--report_only` rewrites this file from the raw results in
+`benchmarks/results/run_all.json`). Every number below was measured in that one run, except
+the quoted reference numbers and the separately run offline demo, which are labelled.
 
 - Date: {started:%Y-%m-%d %H:%M} (run took {elapsed_seconds / 60:.1f} min)
 - Machine: {versions.get("cpu", "?")}, {versions.get("cpu_count", "?")} CPUs, {versions.get("memory_gb", "?")} GB RAM;
@@ -62,7 +65,8 @@ Regenerate with `python benchmarks/run_all.py` (about {max(1, round(elapsed_seco
   interleaved timing in one process and are more stable than absolute numbers.
 - "baseline" is the layer as first committed (`git show {baseline_commit}:axial_tf/layers/...`,
   loaded into a private module at benchmark time); "current" is the package's layer.
-- Times are medians over the timed rounds after one warm-up call; training = forward +
+- Times are medians over the timed rounds after one warm-up call ("best" = fastest round);
+  training = forward +
   backward (gradients w.r.t. the input and every weight). GFLOP/s use the analytic count
   of `bench_utils.attention_2d_flops` (qkv projection + 3 similarity products + 2
   retrievals per pass; backward counted as 2x forward).
@@ -92,7 +96,7 @@ def _layer_section(results, quoted):
         if current is None:
             status = _status(results, "layer", case)
             if status != "not run":
-                rows.append([case, mode, "—", "—", "—", "—", "—", "—", "—", status])
+                rows.append([case, mode, "—", "—", "—", "—", "—", "—", "—", "—", status])
             continue
         ours = current["median_ms"]
         fraction = current["gflops_per_s"] / peak_rate if peak_rate else None
@@ -106,7 +110,7 @@ def _layer_section(results, quoted):
         if case in LARGE_CASES and fraction is not None:
             checks.append(f"≥50% peak: {_yes_no(fraction >= 0.5)}")
         rows.append([
-            case, mode, _ms(baseline["median_ms"]) if baseline else "—", _ms(ours),
+            case, mode, _ms(baseline["median_ms"]) if baseline else "—", _ms(ours), _ms(min(current["times_ms"])),
             f"{baseline['median_ms'] / ours:.2f}x" if baseline else "—",
             f"{current['gflops_per_s']:.1f}", f"{100 * fraction:.0f}%" if fraction is not None else "—",
             _ms(reference) if reference else "—", _ms(torch) if torch else "—",
@@ -124,7 +128,8 @@ TensorFlow matmul rate above (measured at the start and at the end of the run).
 
 """
     return text + _table(
-        ["case", "mode", "baseline", "current", "speed-up", "GFLOP/s", "% of peak", "DeepLab2 (quoted)",
+        ["case", "mode", "baseline", "current", "current (best)", "speed-up", "GFLOP/s", "% of peak",
+         "DeepLab2 (quoted)",
          "PyTorch (quoted)", "targets"],
         rows,
     )
@@ -261,6 +266,19 @@ def _training_section(results):
     return "\n".join(lines)
 
 
+def _demo_section():
+    """The offline demo's end-to-end result, measured separately by `benchmarks/demo_run.py`."""
+    path = BENCH_DIR / "results" / "demo.json"
+    title = "## Offline demo end to end (`benchmarks/demo_run.py`, run separately)\n\n"
+    if not path.exists():
+        return title + "Not measured yet: run `python benchmarks/demo_run.py`, then `run_all.py --report_only`."
+    demo = json.loads(path.read_text())
+    rows = [[key, value] for key, value in demo.items() if isinstance(value, (int, float, str)) and value != ""]
+    return title + f"From `{path.relative_to(BENCH_DIR.parent)}` (its own date and machine are listed).\n\n" + _table(
+        ["key", "value"], rows
+    )
+
+
 def _problems(results):
     failed = [(section, " ".join(args), status) for section, args, _, status in results if status != "ok"]
     if not failed:
@@ -289,6 +307,7 @@ def write_report(path, results, versions, quick, started, elapsed_seconds, load,
         _scaling_section(results),
         _model_section(results),
         _training_section(results),
+        _demo_section(),
         _problems(results),
     ]
     pathlib.Path(path).write_text("\n\n".join(sections) + "\n")

@@ -33,6 +33,18 @@ AUTOTUNE = tf.data.AUTOTUNE
 _SHUFFLE_SEED_STRIDE = 1_000_003
 
 
+def _numbered_stream(examples, seed, input_pipeline_id, shuffle_buffer_size, cache, start_example):
+    """The endless, seeded-shuffled `(example, position)` stream that augmentation seeds key on."""
+    if cache:
+        examples = examples.cache()
+    examples = examples.shuffle(
+        shuffle_buffer_size,
+        seed=seed * _SHUFFLE_SEED_STRIDE + input_pipeline_id,
+        reshuffle_each_iteration=True,
+    ).repeat()
+    return tf.data.Dataset.zip((examples, tf.data.Dataset.counter())).skip(start_example)
+
+
 def default_target_generator(info, **kwargs):
     """A `PanopticTargetGenerator` for a dataset's label space.
 
@@ -137,14 +149,7 @@ def build_panoptic_train_dataset(
         lambda record: (record[records.IMAGE_KEY], record[records.PANOPTIC_LABEL_KEY]),
         num_parallel_calls=AUTOTUNE,
     )
-    if cache:
-        examples = examples.cache()
-    examples = examples.shuffle(
-        shuffle_buffer_size,
-        seed=seed * _SHUFFLE_SEED_STRIDE + input_pipeline_id,
-        reshuffle_each_iteration=True,
-    ).repeat()
-    stream = tf.data.Dataset.zip((examples, tf.data.Dataset.counter())).skip(start_example)
+    stream = _numbered_stream(examples, seed, input_pipeline_id, shuffle_buffer_size, cache, start_example)
 
     def prepare(example, example_index):
         image, panoptic_label = example
@@ -333,14 +338,7 @@ def build_classification_train_dataset(
         ),
         num_parallel_calls=AUTOTUNE,
     )
-    if cache:
-        examples = examples.cache()
-    examples = examples.shuffle(
-        shuffle_buffer_size,
-        seed=seed * _SHUFFLE_SEED_STRIDE + input_pipeline_id,
-        reshuffle_each_iteration=True,
-    ).repeat()
-    stream = tf.data.Dataset.zip((examples, tf.data.Dataset.counter())).skip(start_example)
+    stream = _numbered_stream(examples, seed, input_pipeline_id, shuffle_buffer_size, cache, start_example)
 
     def prepare(example, example_index):
         image, label = example

@@ -34,10 +34,8 @@ def _augmentation(aug):
     )
 
 
-class PanopticTask:
-    """Panoptic-DeepLab training and PQ/mIoU evaluation on a panoptic dataset."""
-
-    name = "panoptic"
+class _Task:
+    """Prepares the experiment's dataset and builds its model."""
 
     def __init__(self, config):
         self.config = config
@@ -48,6 +46,18 @@ class PanopticTask:
                 f"model.num_classes is {config.model.num_classes} but dataset {config.data.dataset!r} has "
                 f"{self.info.num_classes} classes ({', '.join(self.info.class_names)})."
             )
+
+    def build_model(self):
+        return build_model(self.config.model, sync_batch_norm=self.config.training.sync_batch_norm)
+
+
+class PanopticTask(_Task):
+    """Panoptic-DeepLab training and PQ/mIoU evaluation on a panoptic dataset."""
+
+    name = "panoptic"
+
+    def __init__(self, config):
+        super().__init__(config)
         losses = config.losses
         self.loss = PanopticLoss(
             semantic_weight=losses.semantic_weight,
@@ -59,9 +69,6 @@ class PanopticTask:
         # The same pre- and post-processing as export and prediction.
         self.postprocess_options = postprocess_options_from_config(config, self.info)
         self.preprocessor = inference_preprocessor_from_config(config)
-
-    def build_model(self):
-        return build_model(self.config.model, sync_batch_norm=self.config.training.sync_batch_norm)
 
     def train_dataset_fn(self, global_batch_size):
         c = self.config
@@ -106,23 +113,10 @@ class PanopticTask:
         return {key: report[key] for key in ("pq", "sq", "rq", "pq_things", "pq_stuff", "miou") if key in report}, report
 
 
-class ClassificationTask:
+class ClassificationTask(_Task):
     """Image classification with cross-entropy and top-1/top-5 accuracy."""
 
     name = "classification"
-
-    def __init__(self, config):
-        self.config = config
-        self.builder = data.prepare(builder_from_config(config), manual_dir=config.data.manual_dir)
-        self.info = dataset_info_from_config(config)
-        if config.model.num_classes != self.info.num_classes:
-            raise ValueError(
-                f"model.num_classes is {config.model.num_classes} but dataset {config.data.dataset!r} has "
-                f"{self.info.num_classes} classes."
-            )
-
-    def build_model(self):
-        return build_model(self.config.model, sync_batch_norm=self.config.training.sync_batch_norm)
 
     def train_dataset_fn(self, global_batch_size):
         c = self.config
