@@ -211,12 +211,6 @@ def test_classification_export_top_k_matches_the_evaluation_path(classifier):
     assert batch["class_names"].shape == (2, 3)
 
 
-@pytest.mark.xfail(
-    raises=TFLiteConversionError,
-    strict=True,
-    reason="AxialAttention's global attention slices a 6-D tensor (retrieved[:, 0]); TFLite's STRIDED_SLICE "
-    "kernel supports at most 5-D. Written as a squeeze, the model converts, runs and matches Keras.",
-)
 def test_tflite_classifier_matches_keras(classifier):
     flatbuffer = convert_classifier_to_tflite(classifier.model, 32, top_k=3)
     images = np.random.default_rng(6).uniform(0, 255, (1, 32, 32, 3)).astype(np.float32)
