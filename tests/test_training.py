@@ -70,11 +70,12 @@ def test_resume_after_sigkill_is_exact(tmp_path):
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = tmp_path / "killed" / "checkpoints"
     deadline = time.time() + 300
-    while time.time() < deadline and not list(checkpoints.glob("ckpt-2.index")):
+    # Kill once the manager has recorded a checkpoint (its state file is written last).
+    while time.time() < deadline and tf.train.latest_checkpoint(str(checkpoints)) is None:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert list(checkpoints.glob("ckpt-2.index")), "the run never reached its first checkpoint"
+    assert tf.train.latest_checkpoint(str(checkpoints)), "the run never reached its first checkpoint"
     assert not list(checkpoints.glob("ckpt-8.index")), "the run finished before it could be killed"
     resumed = run_training(TINY_PANOPTIC, tmp_path / "killed", *overrides)
     assert "Resumed from" in resumed.stdout
