@@ -61,16 +61,8 @@ class PanopticShapesConfig(tfds.core.BuilderConfig):
 
     def scene_options(self):
         """The renderer options of this config."""
-        return shapes_renderer.SceneOptions(
-            height=self.height,
-            width=self.width,
-            min_instances=self.min_instances,
-            max_instances=self.max_instances,
-            crowd_probability=self.crowd_probability,
-            void_probability=self.void_probability,
-            label_divisor=self.label_divisor,
-            ignore_label=self.ignore_label,
-        )
+        fields = dataclasses.fields(shapes_renderer.SceneOptions)
+        return shapes_renderer.SceneOptions(**{field.name: getattr(self, field.name) for field in fields})
 
 
 class PanopticShapes(tfds.core.GeneratorBasedBuilder):
