@@ -26,8 +26,9 @@ def main():
     parser.add_argument("--data_dir", default=str(pathlib.Path(tempfile.gettempdir()) / "axial_tf_benchmark_tfds"))
     parser.add_argument("--warmup_steps", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--override", action="append", default=[], help="key.sub=value config override")
     args = parser.parse_args()
-    config = load_config(args.config, overrides=[f"data.data_dir={args.data_dir}"])
+    config = load_config(args.config, overrides=[f"data.data_dir={args.data_dir}", *args.override])
     with tempfile.TemporaryDirectory() as model_dir:
         trainer = Trainer(config, model_dir, tf.distribute.get_strategy(), log=None)
         start = time.perf_counter()
@@ -37,7 +38,7 @@ def main():
         trainer.train(steps=args.warmup_steps + args.steps)
         seconds = time.perf_counter() - start
     emit(benchmark="train_step", config=str(pathlib.Path(args.config).relative_to(REPO_ROOT)),
-         batch_size=config.training.batch_size, crop_size=list(config.data.crop_size),
+         overrides=args.override, batch_size=config.training.batch_size, crop_size=list(config.data.crop_size),
          seconds_per_step=seconds / args.steps, steps=args.steps, warmup_seconds=warmup_seconds)
 
 

@@ -5,12 +5,14 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import REPO_ROOT
 from training_helpers import (
     TINY_PANOPTIC,
     assert_same_weights,
@@ -25,8 +27,11 @@ def test_default_and_mirrored_two_replicas_train_the_same(tmp_path):
     # near-zero gradients (summed in another order across replicas) into lr-sized changes.
     # No drop path (its masks are drawn per replica, so they depend on the layout) and
     # no top-k pixel mining (round-off can swap which pixels are "hardest").
+    # Clipping is active (the gradient norm is far above 0.05): it must see the gradient
+    # summed over replicas, as on one device, with a backbone group of its own.
     sgd = ("optimizer.name=sgd", "optimizer.learning_rate=0.01", "model.backbone_overrides.drop_path_keep_prob=1.0",
-           "losses.semantic_top_k_percent=1.0")
+           "losses.semantic_top_k_percent=1.0", "optimizer.clip_gradient_norm=0.05",
+           "optimizer.backbone_lr_multiplier=0.5")
     run_training(TINY_PANOPTIC, tmp_path / "one", *sgd, extra=["--cpu_devices", "2"])
     run_training(TINY_PANOPTIC, tmp_path / "two", *sgd, extra=["--cpu_devices", "2", "--strategy", "mirrored"])
     one, two = checkpoint_weights(tmp_path / "one"), checkpoint_weights(tmp_path / "two")
@@ -110,6 +115,34 @@ def test_train_and_eval_writes_metrics_and_summaries(tmp_path):
     assert metrics["step"] == 2 and metrics["batches"] == 1
     assert list((tmp_path / "run" / "train").glob("events.out.tfevents.*"))
     assert "Evaluation at step 2" in result.stdout
+
+
+def _run_evaluate(*args):
+    command = [sys.executable, str(REPO_ROOT / "tools" / "evaluate.py"), "--config", str(TINY_PANOPTIC), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+def test_evaluate_tool_reproduces_the_trainer_metrics(tmp_path):
+    """tools/evaluate.py on a model dir and on a .keras file gives the trainer's own evaluation."""
+    from axial_tf.export import load_model
+    from axial_tf.training.config import load_config
+
+    run_training(TINY_PANOPTIC, tmp_path / "run", "evaluation.interval=2", extra=["--mode", "train_and_eval"])
+    trained = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    load_model(load_config(TINY_PANOPTIC), model_dir=tmp_path / "run").save(tmp_path / "model.keras")
+    # The checkpoint restores the step with the optimizer; a .keras file carries no step.
+    for source, output, step in ((["--model_dir", str(tmp_path / "run")], "from_dir", 2),
+                                 (["--checkpoint", str(tmp_path / "model.keras")], "from_keras", 0)):
+        result = _run_evaluate(*source, "--output_dir", str(tmp_path / output), "--save_predictions")
+        assert result.returncode == 0, result.stderr[-3000:]
+        metrics = json.loads((tmp_path / output / "metrics.json").read_text())
+        for key in ("pq", "sq", "rq", "pq_things", "pq_stuff", "miou"):
+            assert metrics[key] == trained[key], (output, key)
+        assert metrics["step"] == step
+        assert len(list((tmp_path / output / "predictions").glob("*.png"))) == 4  # one batch of 4 images
+
+    missing = _run_evaluate("--checkpoint", str(tmp_path / "run" / "checkpoints" / "ckpt-99"))
+    assert missing.returncode != 0 and "ckpt-99" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def _tiny_classification_config(tmp_path):

@@ -27,36 +27,12 @@ flags.DEFINE_multi_string("override", [], "key.sub=value config overrides.")
 FLAGS = flags.FLAGS
 
 
-def load_weights(trainer, checkpoint=None, model_dir=None):
-    """Loads evaluation weights (and the step) from a checkpoint, a model dir or a `.keras` file."""
-    import keras
-    import tensorflow as tf
-
-    model = trainer.model
-    if checkpoint and checkpoint.endswith(".keras"):
-        source = keras.models.load_model(checkpoint)
-        if len(source.weights) != len(model.weights):
-            raise ValueError(f"{checkpoint} holds a different architecture than the config describes.")
-        for target, value in zip(model.weights, source.weights):
-            if tuple(target.shape) != tuple(value.shape):
-                raise ValueError(f"{checkpoint}: {value.path} has shape {value.shape}, the config gives {target.shape}.")
-            target.assign(value)
-        return checkpoint
-    prefix = checkpoint or tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-    if prefix is None:
-        raise FileNotFoundError(f"No checkpoint in {os.path.join(model_dir, 'checkpoints')}.")
-    from axial_tf.training.trainer import model_checkpoint_items
-
-    items = {**model_checkpoint_items(model), **trainer.optimizer.checkpoint_items()}  # the optimizer has the step
-    tf.train.Checkpoint(**items).restore(prefix).expect_partial().assert_existing_objects_matched()
-    return prefix
-
-
 def main(argv):
     del argv
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)
+    from axial_tf.export.loading import restore_weights
     from axial_tf.training.config import ConfigError, load_config
     from axial_tf.training.strategies import get_strategy
     from axial_tf.training.trainer import Trainer
@@ -68,7 +44,9 @@ def main(argv):
         model_dir = FLAGS.model_dir or os.path.dirname(os.path.abspath(FLAGS.checkpoint))
         output_dir = FLAGS.output_dir or os.path.join(model_dir, "eval")
         trainer = Trainer(config, model_dir, get_strategy(FLAGS.strategy or config.training.strategy))
-        source = load_weights(trainer, FLAGS.checkpoint, FLAGS.model_dir)
+        # The optimizer holds the step, which the metrics and summaries are logged at.
+        extra = {} if (FLAGS.checkpoint or "").endswith(".keras") else trainer.optimizer.checkpoint_items()
+        source = restore_weights(trainer.model, FLAGS.checkpoint or FLAGS.model_dir, config, extra_items=extra)
         print(f"Evaluating {source}")
         metrics = trainer.evaluate(split=FLAGS.split, steps=FLAGS.steps, output_dir=output_dir,
                                    save_predictions=FLAGS.save_predictions or None)

@@ -33,6 +33,7 @@ from axial_tf.export.loading import (
     load_model,
     postprocess_options_from_config,
     resolve_checkpoint,
+    restore_weights,
 )
 from axial_tf.export.panoptic import IMAGE_SIZE_OUTPUT, PANOPTIC_OUTPUTS, PanopticServingModule
 from axial_tf.export.predictor import (
@@ -103,6 +104,7 @@ __all__ = [
     "read_export_info",
     "read_image_file",
     "resolve_checkpoint",
+    "restore_weights",
     "run_tflite_classifier",
     "save_serving_module",
     "saved_model_op_types",

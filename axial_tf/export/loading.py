@@ -180,22 +180,64 @@ def load_model(config=None, model_dir=None, checkpoint=None, keras_model=None):
         return model
     if config is None:
         raise ValueError(f"Restoring {given[0]} {sources[given[0]]!r} needs the experiment config that built it.")
-    prefix = resolve_checkpoint(model_dir or checkpoint)
     from axial_tf.models.factory import build_model
-    from axial_tf.training.trainer import model_checkpoint_items
 
     with _global_dtype_policy(config.training.mixed_precision):
         model = build_model(config.model)
-    # The trainer's layout: every variable under its Keras path (optimizer and step are not needed).
-    checkpoint = tf.train.Checkpoint(**model_checkpoint_items(model))
+    restore_weights(model, model_dir or checkpoint, config=config)
+    return model
+
+
+def restore_weights(model, source, config=None, extra_items=None):
+    """Restores every weight of a built `model` from a training checkpoint or a `.keras` file.
+
+    Args:
+        model: The model to fill (e.g. the trainer's, built under its strategy).
+        source: A `.keras` file, a model directory, a checkpoint directory or a
+            checkpoint prefix (see `resolve_checkpoint`).
+        config: The `ExperimentConfig` that built `model`, named in errors.
+        extra_items: Further `tf.train.Checkpoint` items to restore from a
+            training checkpoint (e.g. the optimizer, which holds the step).
+
+    Returns:
+        The checkpoint prefix or `.keras` path that was read.
+
+    Raises:
+        ValueError: The source does not hold every weight of `model` with its shape.
+        FileNotFoundError: The source does not exist.
+    """
+    from axial_tf.training.trainer import model_checkpoint_items
+
+    source = os.fspath(source)
+    described = (
+        f" (backbone {config.model.backbone!r}, {config.model.num_classes} classes)" if config is not None else ""
+    )
+    if source.endswith(".keras"):
+        weights = load_keras_model(source).weights
+        if len(weights) != len(model.weights):
+            raise ValueError(
+                f"{source} has {len(weights)} weights; the model the config describes{described} has "
+                f"{len(model.weights)}."
+            )
+        for target, value in zip(model.weights, weights):
+            if tuple(target.shape) != tuple(value.shape):
+                raise ValueError(
+                    f"{source}: {value.path} has shape {tuple(value.shape)}; the model the config "
+                    f"describes{described} has {tuple(target.shape)} there."
+                )
+            target.assign(value)
+        return source
+    prefix = resolve_checkpoint(source)
+    # The trainer's layout: every variable under its Keras path.
+    checkpoint = tf.train.Checkpoint(**model_checkpoint_items(model), **(extra_items or {}))
     try:
         checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched()
     except (AssertionError, ValueError) as error:  # missing variables / shape mismatches
         raise ValueError(
-            f"Checkpoint {prefix} does not hold every variable of the model the config describes "
-            f"(backbone {config.model.backbone!r}, {config.model.num_classes} classes): {_short_restore_error(error)}"
+            f"Checkpoint {prefix} does not hold every variable of the model the config describes{described}: "
+            f"{_short_restore_error(error)}"
         ) from None
-    return model
+    return prefix
 
 
 def _short_restore_error(error):

@@ -70,13 +70,17 @@ def build_schedule(optimizer_config, total_steps, multiplier=1.0):
 
 def _make_optimizer(optimizer_config, schedule):
     c = optimizer_config
-    # Clipping inside the optimizer sees unscaled gradients under loss scaling too.
-    clip = dict(global_clipnorm=c.clip_gradient_norm) if c.clip_gradient_norm is not None else {}
     if c.name == "sgd":
-        return keras.optimizers.SGD(schedule, momentum=c.momentum, nesterov=c.nesterov, **clip)
-    if c.name == "adamw":
-        return keras.optimizers.AdamW(schedule, weight_decay=c.weight_decay, **clip)
-    return keras.optimizers.Adam(schedule, **clip)
+        optimizer = keras.optimizers.SGD(schedule, momentum=c.momentum, nesterov=c.nesterov)
+    elif c.name == "adamw":
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=c.weight_decay)
+    else:
+        optimizer = keras.optimizers.Adam(schedule)
+    # `OptimizerGroup.apply` sums the gradients over replicas itself, so that clipping
+    # sees the global gradient (Keras clips each replica's share, then sums);
+    # the TF backend's own all-reduce would sum them a second time.
+    optimizer._all_reduce_sum_gradients = lambda grads_and_vars: grads_and_vars
+    return optimizer
 
 
 def is_decayed(variable):
@@ -90,8 +94,8 @@ class OptimizerGroup:
     Adam-type optimizers ignore a gradient scale, so a backbone learning-rate
     multiplier needs its own optimizer; with a multiplier of 1 there is one.
     Weight decay is decoupled (AdamW) or an L2 penalty (`l2_penalty`, for adam
-    and sgd). Gradients are clipped by global norm inside each optimizer (so
-    per group when the backbone has its own).
+    and sgd). Gradients are summed over replicas and clipped by their global
+    norm here, before the optimizers see them.
 
     Args:
         optimizer_config: an `OptimizerConfig`.
@@ -143,11 +147,30 @@ class OptimizerGroup:
         return self.main.scale_loss(loss) if isinstance(self.main, keras.optimizers.LossScaleOptimizer) else loss
 
     def apply(self, gradients, variables):
-        """Applies gradients (of the scaled loss); returns their unscaled global norm."""
+        """Sums gradients (of the scaled loss) over replicas, clips them, applies them.
+
+        Clipping uses the global norm of all gradients together (backbone
+        included), as on a single device, whatever the replica count.
+
+        Returns:
+            The unscaled global norm of the summed gradients, before clipping.
+        """
         gradients = [tf.convert_to_tensor(g) if g is not None else tf.zeros_like(v) for g, v in zip(gradients, variables)]
-        norm = tf.linalg.global_norm(gradients)
+        replica_context = tf.distribute.get_replica_context()
+        if replica_context is not None and replica_context.num_replicas_in_sync > 1:
+            gradients = replica_context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+        loss_scale = 1.0
         if isinstance(self.main, keras.optimizers.LossScaleOptimizer):
-            norm = norm / tf.cast(self.main.dynamic_scale, norm.dtype)
+            loss_scale = tf.cast(self.main.dynamic_scale, tf.float32)
+        norm = tf.linalg.global_norm(gradients)
+        if self.config.clip_gradient_norm is not None:
+            # A non-finite norm makes every clipped gradient NaN, so loss scaling skips the step.
+            gradients, _ = tf.clip_by_global_norm(gradients, self.config.clip_gradient_norm * loss_scale, norm)
+        elif self.backbone is not None:
+            # Each group's loss-scale optimizer checks only its own gradients: make one of
+            # them non-finite -> all non-finite, so both skip the step and keep equal scales.
+            gradients = [tf.where(tf.math.is_finite(norm), g, tf.constant(float("nan"), g.dtype)) for g in gradients]
+        norm = norm / loss_scale
         pairs = dict(zip([id(v) for v in variables], gradients))
         for optimizer, group in self._groups(variables):
             optimizer.apply_gradients([(pairs[id(v)], v) for v in group])
