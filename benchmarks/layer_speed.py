@@ -38,6 +38,8 @@ def _parse_args():
                         help="Comma list of graph (tf.function), eager, xla (tf.function(jit_compile=True)).")
     parser.add_argument("--policies", default="float32", help="Comma list of float32, mixed_float16, mixed_bfloat16.")
     parser.add_argument("--rounds", type=int, default=3, help="Timed calls of each implementation.")
+    parser.add_argument("--matmul_size", type=int, default=4096,
+                        help="Side of the square matmul timed in the same rounds (the machine's rate alongside).")
     return parser.parse_args()
 
 
@@ -56,6 +58,11 @@ def layer_step(layer, inputs, mode, execution):
     if execution == "eager":
         return step
     return tf.function(step, jit_compile=execution == "xla")
+
+
+def _square_matmul(size):
+    a, b = tf.random.normal((size, size), seed=1), tf.random.normal((size, size), seed=2)
+    return tf.function(lambda: tf.matmul(a, b))
 
 
 def main():
@@ -81,7 +88,13 @@ def main():
             for (impl, policy), layer in layers.items()
             for execution in args.executions.split(",")
         }
+        # The matmul runs in the same rounds, so the layer's share of the machine's rate is
+        # measured under the same load (a busy neighbour slows both).
+        steps["matmul"] = _square_matmul(args.matmul_size)
         times = interleaved_seconds(steps, args.rounds)
+        matmul_seconds = times.pop("matmul")
+        emit(benchmark="layer_matmul_alongside", case=args.case, mode=mode, size=args.matmul_size,
+             median_ms=median_ms(matmul_seconds), gflops_per_s=2 * args.matmul_size**3 / 1e6 / median_ms(matmul_seconds))
         mode_flops = flops if mode == "forward" else 3 * flops  # backward = 2x forward
         for (impl, policy, execution), seconds in times.items():
             emit(

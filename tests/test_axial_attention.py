@@ -87,6 +87,43 @@ def test_query_block_size_does_not_change_result():
         np.testing.assert_allclose(np.asarray(_layer(5, query_block_size=block)(x)), reference, atol=1e-5)
 
 
+def _forward_and_gradients(layer, x, training, function=False):
+    """Outputs, gradients w.r.t. input and weights, and the moving statistics afterwards."""
+    import tensorflow as tf
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=training)
+            loss = tf.reduce_sum(y * tf.cos(y))
+        return y, tape.gradient(loss, [x] + layer.trainable_variables)
+
+    if function:  # unknown batch and length: the chunk count is a tensor
+        step = tf.function(step, input_signature=[tf.TensorSpec([None, None, CHANNELS], tf.float32)])
+    y, gradients = step(tf.constant(x))
+    moving = [np.asarray(v) for v in layer.non_trainable_variables]
+    return [np.asarray(y)] + [np.asarray(tf.convert_to_tensor(g)) for g in gradients] + moving
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("function", [False, True])
+def test_chunked_global_attention_gives_the_one_pass_result(training, function):
+    x = _input(7, batch=5)
+    logits_per_sequence = HEADS * 7 * 7
+    reference = _forward_and_gradients(_layer(None), x, training)
+    # Chunks of 1 sequence, of 2 (the last one padded) and one chunk holding all 5.
+    for chunk in (1, 2, 5):
+        layer = _layer(None, max_chunk_logits=chunk * logits_per_sequence + logits_per_sequence // 2)
+        results = _forward_and_gradients(layer, x, training, function)
+        for expected, actual in zip(reference, results, strict=True):
+            np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_max_chunk_logits_must_be_positive():
+    with pytest.raises(ValueError, match="max_chunk_logits"):
+        AxialAttention(KEY_DEPTH, VALUE_DEPTH, HEADS, max_chunk_logits=0)
+
+
 @pytest.mark.parametrize("span", [None, 5])
 def test_length_change_after_build_is_correct(span):
     layer = _layer(span)

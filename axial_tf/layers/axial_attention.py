@@ -18,6 +18,12 @@ from keras import ops
 from axial_tf.layers.masked_batch_norm import MaskedBatchNormalization, _all_reduce_sum
 from axial_tf.layers.relative_positional_encoding import DEEPLAB2_MAX_SPAN, RelativePositionalEncoding
 
+# Default bound on the logit elements of one similarity term computed at once by
+# global attention (64 Mi floats = 256 MB): large images are processed in chunks of
+# sequences instead of forming e.g. a 1025 x 8 x 513 x 513 tensor (8.6 GB, more
+# elements than TensorFlow's 32-bit indexed kernels handle).
+DEFAULT_MAX_CHUNK_LOGITS = 2**26
+
 # Logits of masked (query, key) pairs. Finite so that a row with no valid key (a
 # padding row, discarded afterwards) yields uniform weights instead of NaN.
 _MASKED_LOGIT = -1e9
@@ -64,7 +70,9 @@ class AxialAttention(keras.layers.Layer):
     output `BN(sum w.v) + BN(sum w.r_v)` with one BN per (term, head, channel).
     Relative encodings are indexed by `key_pos - query_pos`.
 
-    `span=None` attends over the whole axis. An odd `span=m` restricts each query
+    `span=None` attends over the whole axis; when the `[N, heads, L, L]` logits of
+    a call would exceed `max_chunk_logits` elements, the sequences are processed in
+    chunks (same result, bounded memory). An odd `span=m` restricts each query
     to the `m` positions centred on it (fewer at the borders). Local attention is
     computed on blocks of `query_block_size` queries against their halo of keys,
     so compute and memory grow as O(L * m); its batch-norm statistics are taken
@@ -81,6 +89,9 @@ class AxialAttention(keras.layers.Layer):
         span: `None` for global attention, or an odd local window length.
         query_block_size: queries per block in local attention (default `span`).
             It changes speed and memory, never the result.
+        max_chunk_logits: most logit elements of one similarity term that global
+            attention forms at once (it loops over chunks of sequences beyond
+            that). It changes speed and memory, never the result.
         max_span: relative encodings cover offsets up to `max_span - 1` (255 as
             DeepLab2, so its checkpoints load).
         use_query_rpe_similarity: use the `q.r_q` similarity term.
@@ -107,6 +118,7 @@ class AxialAttention(keras.layers.Layer):
         num_heads=8,
         span=None,
         query_block_size=None,
+        max_chunk_logits=DEFAULT_MAX_CHUNK_LOGITS,
         max_span=DEEPLAB2_MAX_SPAN,
         use_query_rpe_similarity=True,
         use_key_rpe_similarity=True,
@@ -134,11 +146,14 @@ class AxialAttention(keras.layers.Layer):
             raise ValueError(f"span must be None (global) or an odd positive length, got {span}.")
         if query_block_size is not None and query_block_size < 1:
             raise ValueError(f"query_block_size must be positive, got {query_block_size}.")
+        if max_chunk_logits < 1:
+            raise ValueError(f"max_chunk_logits must be positive, got {max_chunk_logits}.")
         self.total_key_depth = int(total_key_depth)
         self.total_value_depth = int(total_value_depth)
         self.num_heads = int(num_heads)
         self.span = span
         self.query_block_size = query_block_size
+        self.max_chunk_logits = int(max_chunk_logits)
         self.max_span = int(max_span)
         self.use_query_rpe_similarity = use_query_rpe_similarity
         self.use_key_rpe_similarity = use_key_rpe_similarity
@@ -232,12 +247,54 @@ class AxialAttention(keras.layers.Layer):
         return ops.sum(retrieved, axis=2)  # [N, L, Dv]
 
     def _attend_global(self, query, key, value, length, training):
-        """Global attention: one block holding the whole axis, nothing masked."""
-        blocks = lambda t: ops.expand_dims(t, 1)  # noqa: E731  [N, 1, L, heads, d]
-        retrieved = self._attend_blocks(
-            blocks(query), blocks(key), blocks(value), length, length, 0, None, training
-        )
-        return ops.squeeze(retrieved, axis=1)  # [N, L, terms, heads, dv]
+        """Global attention, in chunks of sequences when the logits would be too large."""
+        lengths = (length, length, 0)
+        if training and self.batch_norm_similarity.trainable:
+            # Batch statistics over all sequences (cheap, see below), so chunks share them.
+            one_block = lambda t: ops.expand_dims(t, 1)  # noqa: E731  [N, 1, L, heads, d]
+            scales = self._batch_similarity_scales(
+                *self._global_similarity_moments(one_block(query), one_block(key), *lengths)
+            )
+        else:
+            scales = self._similarity_scales(self.batch_norm_similarity.moving_variance)
+
+        def attend(sequences):  # ([n, L, heads, d] q, k, v) -> [n, L, terms, heads, dv]
+            query, key, value = (ops.expand_dims(t, 1) for t in sequences)
+            logits = self._folded_logits(query, key, lengths, scales)  # [n, 1, heads, L, L]
+            return ops.squeeze(self._retrieve_softmax(logits, value, lengths, None), axis=1)
+
+        return self._map_sequence_chunks(attend, (query, key, value), self.num_heads * length * length)
+
+    def _map_sequence_chunks(self, attend, sequences, logits_per_sequence):
+        """`attend` on all sequences at once, or chunk by chunk if their logits exceed the bound.
+
+        Args:
+            attend: maps a tuple of `[n, ...]` tensors to one `[n, ...]` tensor.
+            sequences: tuple of `[N, ...]` tensors.
+            logits_per_sequence: logit elements of one sequence (int or scalar tensor).
+
+        Returns:
+            `attend(sequences)`, computed on at most `max_chunk_logits // logits_per_sequence`
+            sequences at a time.
+        """
+        count = ops.shape(sequences[0])[0]
+        if isinstance(count, int) and isinstance(logits_per_sequence, int):
+            if count * logits_per_sequence <= self.max_chunk_logits:
+                return attend(sequences)
+            chunk = max(1, self.max_chunk_logits // logits_per_sequence)
+        else:
+            chunk = ops.maximum(self.max_chunk_logits // logits_per_sequence, 1)
+        num_chunks = _ceil_div(count, chunk)
+        padded = num_chunks * chunk
+
+        def to_chunks(t):  # [N, ...] -> [chunks, chunk, ...]
+            t = ops.pad(t, [(0, padded - count)] + [(0, 0)] * (len(t.shape) - 1))
+            return ops.reshape(t, (num_chunks, chunk, *ops.shape(t)[1:]))
+
+        outputs = ops.map(attend, tuple(to_chunks(t) for t in sequences))  # [chunks, chunk, ...]
+        outputs = ops.reshape(outputs, (padded, *ops.shape(outputs)[2:]))
+        no_padding = isinstance(count, int) and isinstance(chunk, int) and padded == count
+        return outputs if no_padding else outputs[:count]
 
     def _attend_local(self, query, key, value, length, training):
         """Local attention on blocks of queries against keys within `flange` of the block."""
@@ -268,16 +325,12 @@ class AxialAttention(keras.layers.Layer):
             ops.logical_and(key_position >= 0, key_position < length),
         )  # [blocks, block, key_block]
         valid_pair = ops.logical_and(valid, query_position < length)
-        retrieved = self._attend_blocks(
-            to_query_blocks(query),
-            to_key_blocks(key),
-            to_key_blocks(value),
-            block,
-            key_block,
-            -flange,
-            (valid, valid_pair),
-            training,
-        )  # [N, blocks, block, terms, heads, dv]
+        lengths = (block, key_block, -flange)
+        logits = self._local_similarity_logits(
+            to_query_blocks(query), to_key_blocks(key), lengths, valid_pair, training
+        )  # [N, blocks, heads, block, key_block]
+        retrieved = self._retrieve_softmax(logits, to_key_blocks(value), lengths, valid)
+        # retrieved: [N, blocks, block, terms, heads, dv]
         retrieved = ops.reshape(
             retrieved, (batch, padded, self.num_retrieval_terms, self.num_heads, self.value_depth_per_head)
         )
@@ -285,8 +338,8 @@ class AxialAttention(keras.layers.Layer):
         no_padding = isinstance(length, int) and padded == length
         return retrieved if no_padding else retrieved[:, :length]
 
-    def _attend_blocks(self, query, key, value, query_length, key_length, key_start, masks, training):
-        """Attention of query blocks on key blocks.
+    def _retrieve_softmax(self, logits, value, lengths, mask):
+        """Softmax over the keys, then retrieval of values and value encodings.
 
         Logits live in a heads-first `[N, X, heads, Lq, Lk]` layout, so the content
         products are plain batched matmuls. The relative-encoding products batch
@@ -295,41 +348,32 @@ class AxialAttention(keras.layers.Layer):
         batched matmul without hidden transposes, also in its gradient.
 
         Args:
-            query: `[N, X, Lq, heads, dk]` query blocks.
-            key: `[N, X, Lk, heads, dk]` key blocks.
+            logits: float32 `[N, X, heads, Lq, Lk]` similarity logits.
             value: `[N, X, Lk, heads, dv]` value blocks.
-            query_length: Lq.
-            key_length: Lk.
-            key_start: position of key 0 relative to query 0 within a block.
-            masks: `None`, or (softmax mask, statistics mask), `[X, Lq, Lk]` booleans.
-            training: batch-norm mode.
+            lengths: (Lq, Lk, position of key 0 relative to query 0 within a block).
+            mask: `None`, or `[X, Lq, Lk]` booleans, True where a key may be attended.
 
         Returns:
             `[N, X, Lq, terms, heads, dv]` retrieved outputs (before their BN).
         """
-        lengths = (query_length, key_length, key_start)
-        logits = self._similarity_logits(query, key, lengths, masks, training)  # [N, X, h, Lq, Lk]
-        if masks is not None:
-            logits = ops.where(masks[0][:, None], logits, _MASKED_LOGIT)
+        if mask is not None:
+            logits = ops.where(mask[:, None], logits, _MASKED_LOGIT)
         weights = ops.cast(ops.softmax(logits, axis=-1), self.compute_dtype)
         return self._retrieve(weights, value, lengths)
 
-    def _similarity_logits(self, query, key, lengths, masks, training):
-        """Sum of the batch-normalised similarity terms, float32 `[N, X, heads, Lq, Lk]`.
+    def _local_similarity_logits(self, query, key, lengths, valid_pair, training):
+        """Sum of the batch-normalised similarity terms of local blocks, float32 `[N, X, heads, Lq, Lk]`.
 
         The BN shifts (beta - mean * scale) are constant over the keys of a softmax
         row, so they cancel in the softmax and are never added; only the per-(term,
-        head) scales `gamma / sqrt(variance + eps)` matter.
+        head) scales `gamma / sqrt(variance + eps)` matter. In training they come
+        from the batch statistics of the valid pairs (`valid_pair`, `[X, Lq, Lk]`).
         """
         if not (training and self.batch_norm_similarity.trainable):
             scales = self._similarity_scales(self.batch_norm_similarity.moving_variance)
             return self._folded_logits(query, key, lengths, scales)
-        if masks is None:
-            moments = self._global_similarity_moments(query, key, *lengths)
-            return self._folded_logits(query, key, lengths, self._batch_similarity_scales(*moments))
-        # Local attention: statistics over the valid pairs of the products themselves.
         terms = [ops.cast(term, "float32") for term in self._similarity_terms(query, key, query, key, *lengths)]
-        moments = [self._masked_similarity_moments(term, masks[1]) for term in terms]
+        moments = [self._masked_similarity_moments(term, valid_pair) for term in terms]
         scales = self._batch_similarity_scales(
             ops.concatenate([mean for mean, _ in moments], axis=0),
             ops.concatenate([variance for _, variance in moments], axis=0),
@@ -514,6 +558,7 @@ class AxialAttention(keras.layers.Layer):
             "num_heads": self.num_heads,
             "span": self.span,
             "query_block_size": self.query_block_size,
+            "max_chunk_logits": self.max_chunk_logits,
             "max_span": self.max_span,
             "use_query_rpe_similarity": self.use_query_rpe_similarity,
             "use_key_rpe_similarity": self.use_key_rpe_similarity,
