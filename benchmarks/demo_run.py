@@ -3,9 +3,10 @@
     python benchmarks/demo_run.py [--model_dir /tmp/demo_bench] [--override training.steps=...]
 
 Runs `tools/demo.py` from scratch in a subprocess (dataset generation, training,
-evaluation and export) and writes benchmarks/results/demo.json, which
-`benchmarks/run_all.py` folds into BENCHMARKS.md. No assertion on time: this is
-a measurement.
+evaluation and export; this is the timed part), then evaluates the same weights
+once more single-scale without flipping (`tools/evaluate.py`, not timed), and
+writes benchmarks/results/demo.json, which `benchmarks/run_all.py` folds into
+BENCHMARKS.md. No assertion on time: this is a measurement.
 """
 
 import argparse
@@ -35,6 +36,14 @@ def main():
     subprocess.run(command, check=True)
     wall = time.time() - started
     summary = json.loads((pathlib.Path(args.model_dir) / "demo_summary.json").read_text())
+    single_dir = pathlib.Path(args.model_dir) / "eval_single_scale"
+    evaluate = [sys.executable, str(ROOT / "tools" / "evaluate.py"), "--config", str(ROOT / "configs/demo/panoptic_shapes.yaml"),
+                "--model_dir", args.model_dir, "--output_dir", str(single_dir),
+                "--override", "evaluation.eval_scales=[1.0]", "--override", "evaluation.flip=false"]
+    for override in args.override:
+        evaluate += ["--override", override]
+    subprocess.run(evaluate, check=True)
+    single = json.loads((single_dir / "metrics.json").read_text())
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
@@ -42,6 +51,7 @@ def main():
         "overrides": args.override,
         "wall_seconds_end_to_end": round(wall),
         **summary,
+        "single_scale_no_flip": {key: single[key] for key in ("pq", "sq", "rq", "pq_things", "pq_stuff", "miou")},
     }
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")

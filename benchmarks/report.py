@@ -241,11 +241,11 @@ suite's limits (14 GB resident memory or its time limit) says so. For reference,
 quotes DeepLab2: MaX-S backbone about 1.9 s at 513x513; its fully axial Axial-DeepLab-S
 cannot run at 513x513 (no local attention) and takes about 1.7 s at 257x257.
 
-Size note for 1025 x 2049 with global span: the stride-4 stage's width pass alone forms,
-per similarity term, a 257 x 8 x 513 x 513 float32 logit tensor (2.2 GB), and backward-free
-inference still holds several of them at once. During development a manual run of -S at
-this size with `TF_ENABLE_ONEDNN_OPTS=0` passed 16 GB resident memory and was stopped; a
-local `span` (e.g. 65) keeps the logits O(L * span).
+Size note for 1025 x 2049 with global span: the first axial stage (stride 2, 513 x 1025)
+attends along 1025-long rows, whose logits would be 513 x 8 x 1025 x 1025 per similarity
+term (4.3 G elements, 17 GB). Global attention therefore loops over chunks of sequences
+(`max_chunk_logits`, 64 Mi elements per term); before that, this size crashed inside
+TensorFlow. A local `span` (e.g. 65) makes the work O(L * span) instead of O(L^2).
 
 """ + _table(["model", "image", "weights", "latency", "working memory", "peak RSS", "status"], rows)
 
@@ -281,9 +281,21 @@ def _demo_section():
     if not path.exists():
         return title + "Not measured yet: run `python benchmarks/demo_run.py`, then `run_all.py --report_only`."
     demo = json.loads(path.read_text())
-    rows = [[key, value] for key, value in demo.items() if isinstance(value, (int, float, str)) and value != ""]
-    return title + f"From `{path.relative_to(BENCH_DIR.parent)}` (its own date and machine are listed).\n\n" + _table(
-        ["key", "value"], rows
+    metric_keys = ("pq", "sq", "rq", "pq_things", "pq_stuff", "miou")
+    single = demo.get("single_scale_no_flip")
+    metric_rows = [["config's evaluation (its eval_scales and flip)", *(f"{demo[k]:.4f}" for k in metric_keys)]]
+    if single:
+        metric_rows.append(["same weights, single scale, no flip", *(f"{single[k]:.4f}" for k in metric_keys)])
+    wall = demo["wall_seconds_end_to_end"]
+    reached = demo["pq"] >= 0.70 and wall <= 15 * 60
+    rows = [[key, value] for key, value in demo.items()
+            if key not in metric_keys and isinstance(value, (int, float, str)) and value != ""]
+    return (
+        title + f"From `{path.relative_to(BENCH_DIR.parent)}` (its own date and machine are listed). "
+        f"Target of issue 6, PQ >= 0.70 within 15 minutes end to end: {_yes_no(reached)} "
+        f"(PQ {demo['pq']:.3f} in {wall / 60:.1f} min).\n\n"
+        + _table(["evaluation", "PQ", "SQ", "RQ", "PQ things", "PQ stuff", "mIoU"], metric_rows)
+        + "\n\n" + _table(["key", "value"], rows)
     )
 
 

@@ -5,6 +5,7 @@ import pytest
 
 import keras
 from axial_tf.layers import AxialAttention, RelativePositionalEncoding
+from axial_tf.layers.axial_attention import sequence_chunks
 from numpy_attention_oracle import attention_1d
 
 HEADS, KEY_DEPTH, VALUE_DEPTH, CHANNELS = 2, 8, 12, 6
@@ -117,6 +118,20 @@ def test_chunked_global_attention_gives_the_one_pass_result(training, function):
         results = _forward_and_gradients(layer, x, training, function)
         for expected, actual in zip(reference, results, strict=True):
             np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("count, per_sequence, bound, expected", [
+    (5, 98, 2 * 98 + 49, (3, 2)),  # 2 sequences fit: 3 chunks of 2 (one padding sequence)
+    (7, 10, 30, (3, 3)),  # 3 fit: 3 chunks of 3 (two padding sequences)
+    (5, 64, 2**26, (1, 5)),  # all fit: one chunk of exactly the sequences, no padding
+    (4, 1000, 10, (4, 1)),  # not even one fits: one sequence per chunk
+])
+def test_sequence_chunks_bound_the_logits_and_the_padding(count, per_sequence, bound, expected):
+    import tensorflow as tf
+
+    assert sequence_chunks(count, per_sequence, bound) == expected
+    as_tensors = sequence_chunks(tf.constant(count), tf.constant(per_sequence), bound)  # dynamic shapes
+    assert tuple(int(v) for v in as_tensors) == expected
 
 
 def test_max_chunk_logits_must_be_positive():

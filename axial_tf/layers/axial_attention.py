@@ -60,6 +60,24 @@ def _ceil_div(a, b):
     return (a + b - 1) // b
 
 
+def sequence_chunks(count, logits_per_sequence, max_chunk_logits):
+    """How `count` sequences split into equal chunks of at most `max_chunk_logits` logits.
+
+    Args:
+        count: number of sequences (int or scalar tensor).
+        logits_per_sequence: logit elements of one sequence (int or scalar tensor).
+        max_chunk_logits: bound on the logit elements of a chunk (one sequence at least).
+
+    Returns:
+        (num_chunks, chunk): the sequences padded to `num_chunks * chunk`, with less
+        than one sequence of padding per chunk.
+    """
+    capacity = max_chunk_logits // logits_per_sequence
+    capacity = max(capacity, 1) if isinstance(capacity, int) else ops.maximum(capacity, 1)
+    num_chunks = _ceil_div(count, capacity)
+    return num_chunks, _ceil_div(count, num_chunks)
+
+
 @keras.saving.register_keras_serializable(package="axial_tf")
 class AxialAttention(keras.layers.Layer):
     """Position-sensitive self-attention along one axis of `[N, L, C]` inputs.
@@ -278,13 +296,10 @@ class AxialAttention(keras.layers.Layer):
             sequences at a time.
         """
         count = ops.shape(sequences[0])[0]
-        if isinstance(count, int) and isinstance(logits_per_sequence, int):
-            if count * logits_per_sequence <= self.max_chunk_logits:
-                return attend(sequences)
-            chunk = max(1, self.max_chunk_logits // logits_per_sequence)
-        else:
-            chunk = ops.maximum(self.max_chunk_logits // logits_per_sequence, 1)
-        num_chunks = _ceil_div(count, chunk)
+        static = isinstance(count, int) and isinstance(logits_per_sequence, int)
+        if static and count * logits_per_sequence <= self.max_chunk_logits:
+            return attend(sequences)
+        num_chunks, chunk = sequence_chunks(count, logits_per_sequence, self.max_chunk_logits)
         padded = num_chunks * chunk
 
         def to_chunks(t):  # [N, ...] -> [chunks, chunk, ...]
@@ -293,7 +308,7 @@ class AxialAttention(keras.layers.Layer):
 
         outputs = ops.map(attend, tuple(to_chunks(t) for t in sequences))  # [chunks, chunk, ...]
         outputs = ops.reshape(outputs, (padded, *ops.shape(outputs)[2:]))
-        no_padding = isinstance(count, int) and isinstance(chunk, int) and padded == count
+        no_padding = static and padded == count
         return outputs if no_padding else outputs[:count]
 
     def _attend_local(self, query, key, value, length, training):
