@@ -1,13 +1,11 @@
 """The README's main command: tools/demo.py trains, evaluates and exports end to end."""
 
 import json
-import os
-import subprocess
-import sys
 
 import tensorflow as tf
 
 from conftest import REPO_ROOT
+from training_helpers import run_tool
 
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo" / "panoptic_shapes.yaml"
 
@@ -27,10 +25,7 @@ def test_demo_runs_end_to_end(tmp_path):
     model_dir = tmp_path / "demo"
     overrides = ["training.steps=2", "optimizer.warmup_steps=0", "training.checkpoint_interval=2",
                  "evaluation.steps=1", "evaluation.interval=2", "data.builder_options={config: tiny}"]
-    command = [sys.executable, str(REPO_ROOT / "tools" / "demo.py"), "--model_dir", str(model_dir)]
-    for override in overrides:
-        command += ["--override", override]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    result = run_tool("demo", "--model_dir", model_dir, overrides=overrides, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Demo finished: pq=" in result.stdout
     summary = json.loads((model_dir / "demo_summary.json").read_text())
@@ -42,8 +37,6 @@ def test_demo_runs_end_to_end(tmp_path):
 
 
 def test_demo_reports_config_errors_without_traceback(tmp_path):
-    command = [sys.executable, str(REPO_ROOT / "tools" / "demo.py"), "--model_dir", str(tmp_path),
-               "--override", "training.stepz=3"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = run_tool("demo", "--model_dir", tmp_path, overrides=["training.stepz=3"], timeout=300)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "training.stepz" in result.stderr and "did you mean 'steps'" in result.stderr

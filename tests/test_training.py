@@ -5,18 +5,17 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT
 from training_helpers import (
     TINY_PANOPTIC,
     assert_same_weights,
     checkpoint_weights,
+    run_tool,
     run_training,
     train_command,
 )
@@ -117,11 +116,6 @@ def test_train_and_eval_writes_metrics_and_summaries(tmp_path):
     assert "Evaluation at step 2" in result.stdout
 
 
-def _run_evaluate(*args):
-    command = [sys.executable, str(REPO_ROOT / "tools" / "evaluate.py"), "--config", str(TINY_PANOPTIC), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600)
-
-
 def test_evaluate_tool_reproduces_the_trainer_metrics(tmp_path):
     """tools/evaluate.py on a model dir and on a .keras file gives the trainer's own evaluation."""
     from axial_tf.export import load_model
@@ -133,7 +127,7 @@ def test_evaluate_tool_reproduces_the_trainer_metrics(tmp_path):
     # The checkpoint restores the step with the optimizer; a .keras file carries no step.
     for source, output, step in ((["--model_dir", str(tmp_path / "run")], "from_dir", 2),
                                  (["--checkpoint", str(tmp_path / "model.keras")], "from_keras", 0)):
-        result = _run_evaluate(*source, "--output_dir", str(tmp_path / output), "--save_predictions")
+        result = run_tool("evaluate", "--config", TINY_PANOPTIC, *source, "--output_dir", str(tmp_path / output), "--save_predictions")
         assert result.returncode == 0, result.stderr[-3000:]
         metrics = json.loads((tmp_path / output / "metrics.json").read_text())
         for key in ("pq", "sq", "rq", "pq_things", "pq_stuff", "miou"):
@@ -141,7 +135,7 @@ def test_evaluate_tool_reproduces_the_trainer_metrics(tmp_path):
         assert metrics["step"] == step
         assert len(list((tmp_path / output / "predictions").glob("*.png"))) == 4  # one batch of 4 images
 
-    missing = _run_evaluate("--checkpoint", str(tmp_path / "run" / "checkpoints" / "ckpt-99"))
+    missing = run_tool("evaluate", "--config", TINY_PANOPTIC, "--checkpoint", str(tmp_path / "run" / "checkpoints" / "ckpt-99"))
     assert missing.returncode != 0 and "ckpt-99" in missing.stderr and "Traceback" not in missing.stderr
 
 

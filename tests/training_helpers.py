@@ -12,6 +12,14 @@ from conftest import REPO_ROOT
 TINY_PANOPTIC = REPO_ROOT / "tests" / "configs" / "tiny_panoptic.yaml"
 
 
+def run_tool(tool, *args, overrides=(), env=None, timeout=600):
+    """Runs `tools/<tool>.py` with `args` and `--override` flags; returns the completed process."""
+    command = [sys.executable, str(REPO_ROOT / "tools" / f"{tool}.py"), *map(str, args)]
+    for override in overrides:
+        command += ["--override", override]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
 def train_command(config, model_dir, *overrides, extra=()):
     command = [sys.executable, str(REPO_ROOT / "tools" / "train.py"), "--config", str(config),
                "--model_dir", str(model_dir), *extra]
@@ -21,8 +29,8 @@ def train_command(config, model_dir, *overrides, extra=()):
 
 
 def run_training(config, model_dir, *overrides, extra=(), env=None, check=True, timeout=600):
-    result = subprocess.run(train_command(config, model_dir, *overrides, extra=extra), capture_output=True,
-                            text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    result = run_tool("train", "--config", config, "--model_dir", model_dir, *extra, overrides=overrides, env=env,
+                      timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"training failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
     return result

@@ -45,8 +45,8 @@ def main(argv):
         output_dir = FLAGS.output_dir or os.path.join(model_dir, "eval")
         trainer = Trainer(config, model_dir, get_strategy(FLAGS.strategy or config.training.strategy))
         # The optimizer holds the step, which the metrics and summaries are logged at.
-        extra = {} if (FLAGS.checkpoint or "").endswith(".keras") else trainer.optimizer.checkpoint_items()
-        source = restore_weights(trainer.model, FLAGS.checkpoint or FLAGS.model_dir, config, extra_items=extra)
+        source = restore_weights(trainer.model, FLAGS.checkpoint or FLAGS.model_dir, config,
+                                 extra_items=trainer.optimizer.checkpoint_items())
         print(f"Evaluating {source}")
         metrics = trainer.evaluate(split=FLAGS.split, steps=FLAGS.steps, output_dir=output_dir,
                                    save_predictions=FLAGS.save_predictions or None)

@@ -197,7 +197,8 @@ def restore_weights(model, source, config=None, extra_items=None):
             checkpoint prefix (see `resolve_checkpoint`).
         config: The `ExperimentConfig` that built `model`, named in errors.
         extra_items: Further `tf.train.Checkpoint` items to restore from a
-            training checkpoint (e.g. the optimizer, which holds the step).
+            training checkpoint (e.g. the optimizer, which holds the step);
+            a `.keras` file has none, so they keep their values.
 
     Returns:
         The checkpoint prefix or `.keras` path that was read.
