@@ -7,7 +7,7 @@ import setuptools
 _ROOT = pathlib.Path(__file__).parent
 
 
-_TEST_ONLY = ("pytest", "imgviz", "cmap", "pycocotools", "tensorflow-serving-api")
+_TEST_ONLY = ("pytest", "execnet", "imgviz", "cmap", "pycocotools", "tensorflow-serving-api")
 
 
 def _requirements():
@@ -29,7 +29,7 @@ setuptools.setup(
       extras_require={
           "torch": ["torch>=2.4"],
           "coco": ["pycocotools==2.0.11"],
-          "test": ["pytest==9.2.0"],
+          "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "execnet==2.1.2"],
       },
       license="Apache-2.0",
 )

@@ -34,6 +34,7 @@ from axial_tf.export import (
     postprocess_options_from_config,
     read_export_info,
     saved_model_op_types,
+    serving_module_from_config,
 )
 from axial_tf.models.inference import predict_panoptic
 from axial_tf.training.config import config_from_dict, config_to_dict, save_config
@@ -295,6 +296,13 @@ def test_saved_model_equals_trainer_evaluation_on_the_validation_split(exported,
             np.testing.assert_array_equal(panoptic, evaluated[:height, :width], err_msg=stem)
             things += int(np.any((panoptic // 1000 >= 3) & (panoptic // 1000 <= 6) & (panoptic % 1000 > 0)))
     assert things > 0, "no thing instance predicted on the validation split"
+
+
+def test_both_signatures_share_one_traced_model_graph(exported):
+    module = serving_module_from_config(exported.model, exported.config)
+    module.signatures()
+    # The model (every scale and flip) is traced once for the two signatures, not once each.
+    assert module._predict_and_restore_function.value.experimental_get_tracing_count() == 1
 
 
 def test_export_info_describes_label_space_and_contract(exported):

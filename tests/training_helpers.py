@@ -36,9 +36,10 @@ def run_training(config, model_dir, *overrides, extra=(), env=None, check=True, 
     return result
 
 
-def checkpoint_weights(model_dir, subdir="checkpoints"):
-    """`{key: array}` of the model variables in the latest checkpoint of a run."""
-    prefix = tf.train.latest_checkpoint(os.path.join(model_dir, subdir))
+def checkpoint_weights(model_dir, subdir="checkpoints", step=None):
+    """`{key: array}` of the model variables in the latest checkpoint of a run (or the one of `step`)."""
+    folder = os.path.join(model_dir, subdir)
+    prefix = tf.train.latest_checkpoint(folder) if step is None else os.path.join(folder, f"ckpt-{step}")
     reader = tf.train.load_checkpoint(prefix)
     return {
         key: reader.get_tensor(key)

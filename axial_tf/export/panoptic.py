@@ -10,7 +10,7 @@ and flip averaging, Panoptic-DeepLab post-processing) and
 
 import tensorflow as tf
 
-from axial_tf.export.serving import ServingModule, decode_image
+from axial_tf.export.serving import ServingModule, UntrackedReference, decode_image
 from axial_tf.models.inference import predict_panoptic
 
 IMAGE_SIZE_OUTPUT = "image_size"
@@ -63,6 +63,9 @@ class PanopticServingModule(ServingModule):
         self._preprocessor = preprocessor
         self._scales = tuple(float(s) for s in scales)
         self._flip = bool(flip)
+        # Both signatures call this one tf.function (same input shapes), so the model, with
+        # all its scales and flips, is traced and stored once instead of once per signature.
+        self._predict_and_restore_function = UntrackedReference(tf.function(self._predict_and_restore))
 
     @property
     def postprocess_options(self):
@@ -90,7 +93,7 @@ class PanopticServingModule(ServingModule):
         batch = tf.shape(images)[0]
         original_sizes = tf.tile(meta["original_size"][tf.newaxis], [batch, 1])  # [B, 2]
         valid_sizes = tf.tile(meta["valid_size"][tf.newaxis], [batch, 1])  # [B, 2]
-        return self._predict_and_restore(prepared, original_sizes, valid_sizes, meta["original_size"])
+        return self._predict_and_restore_function.value(prepared, original_sizes, valid_sizes, meta["original_size"])
 
     def _serve_encoded(self, image_bytes):
         """Panoptic prediction of [B] encoded images (any mix of sizes), plus `image_size` [B, 2]."""
@@ -106,7 +109,7 @@ class PanopticServingModule(ServingModule):
         )  # [B, h, w, 3], [B, 2], [B, 2]
         # The zero row keeps the maximum defined for an empty batch.
         output_size = tf.reduce_max(tf.concat([original_sizes, tf.zeros([1, 2], tf.int32)], 0), axis=0)
-        outputs = self._predict_and_restore(prepared, original_sizes, valid_sizes, output_size)
+        outputs = self._predict_and_restore_function.value(prepared, original_sizes, valid_sizes, output_size)
         outputs[IMAGE_SIZE_OUTPUT] = original_sizes
         return outputs
 

@@ -12,6 +12,8 @@ How it is made fast on CPU without changing the math (see BENCHMARKS.md):
     wherever possible.
 """
 
+import itertools
+
 import keras
 from keras import ops
 
@@ -281,14 +283,17 @@ class AxialAttention(keras.layers.Layer):
             logits = self._folded_logits(query, key, lengths, scales)  # [n, 1, heads, L, L]
             return ops.squeeze(self._retrieve_softmax(logits, value, lengths, None), axis=1)
 
-        return self._map_sequence_chunks(attend, (query, key, value), self.num_heads * length * length)
+        output_shape = (length, self.num_retrieval_terms, self.num_heads, self.value_depth_per_head)
+        logits_per_sequence = self.num_heads * length * length
+        return self._map_sequence_chunks(attend, (query, key, value), output_shape, logits_per_sequence)
 
-    def _map_sequence_chunks(self, attend, sequences, logits_per_sequence):
+    def _map_sequence_chunks(self, attend, sequences, output_shape, logits_per_sequence):
         """`attend` on all sequences at once, or chunk by chunk if their logits exceed the bound.
 
         Args:
             attend: maps a tuple of `[n, ...]` tensors to one `[n, ...]` tensor.
             sequences: tuple of `[N, ...]` tensors.
+            output_shape: shape of one sequence's output (`attend` returns `[n, *output_shape]`).
             logits_per_sequence: logit elements of one sequence (int or scalar tensor).
 
         Returns:
@@ -302,12 +307,24 @@ class AxialAttention(keras.layers.Layer):
         num_chunks, chunk = sequence_chunks(count, logits_per_sequence, self.max_chunk_logits)
         padded = num_chunks * chunk
 
-        def to_chunks(t):  # [N, ...] -> [chunks, chunk, ...]
-            t = ops.pad(t, [(0, padded - count)] + [(0, 0)] * (len(t.shape) - 1))
-            return ops.reshape(t, (num_chunks, chunk, *ops.shape(t)[1:]))
+        # One packed tensor (sequences differ only in their last axis): Keras' TF scan cannot
+        # check several inputs whose leading (chunk) dimension is unknown.
+        split_points = list(itertools.accumulate(t.shape[-1] for t in sequences[:-1]))
+        packed = ops.concatenate(sequences, axis=-1)  # [N, ..., sum(depths)]
+        packed = ops.pad(packed, [(0, padded - count)] + [(0, 0)] * (len(packed.shape) - 1))
+        packed = ops.reshape(packed, (num_chunks, chunk, *ops.shape(packed)[1:]))
 
-        outputs = ops.map(attend, tuple(to_chunks(t) for t in sequences))  # [chunks, chunk, ...]
-        outputs = ops.reshape(outputs, (padded, *ops.shape(outputs)[2:]))
+        def attend_chunk(_, chunk_sequences):
+            output = attend(tuple(ops.split(chunk_sequences, split_points, axis=-1)))
+            return output, output
+
+        # ops.scan rather than ops.map: Keras' TF map traces `attend` a second time (outside the
+        # loop) to learn its output signature, which doubled the graph of every dynamic-shape
+        # call. scan traces it once; its carry (the previous chunk's output, unused) must have
+        # the output's shape, which is known without tracing.
+        carry = ops.zeros((chunk, *output_shape), dtype=packed.dtype)
+        _, outputs = ops.scan(attend_chunk, carry, packed)  # [chunks, chunk, *output_shape]
+        outputs = ops.reshape(outputs, (padded, *output_shape))
         no_padding = static and padded == count
         return outputs if no_padding else outputs[:count]
 

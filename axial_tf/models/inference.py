@@ -11,21 +11,30 @@ from axial_tf.postprocessing import panoptic_postprocess
 
 
 def _predict_at_scale(model, images, scale, flip, training=False):
-    """Model outputs for `images` resized by `scale` (and mirrored), mapped back to `images`' grid."""
+    """Model outputs for `images` resized by `scale`, mapped back to `images`' grid.
+
+    With `flip` the mirrored images run in the same model call (one graph per scale,
+    and a larger batch for the matmuls), and the two halves are averaged.
+    """
     size = ops.shape(images)[1:3]
     scaled = images
     if scale != 1.0:
         scaled_size = [ops.cast(ops.round(ops.cast(s, "float32") * scale), "int32") for s in (size[0], size[1])]
         scaled = resize_bilinear_align_corners(ops.cast(images, "float32"), scaled_size)
     if flip:
-        scaled = ops.flip(scaled, axis=2)
+        scaled = ops.concatenate([scaled, ops.flip(scaled, axis=2)], axis=0)  # [2B, h, w, 3]
     outputs = model(scaled, training=training)
-    probs = ops.softmax(ops.cast(outputs["semantic_logits"], "float32"), axis=-1)
-    center = ops.expand_dims(outputs["center_heatmap"], -1)
-    offset = outputs["offset_map"]
+    probs = ops.softmax(ops.cast(outputs["semantic_logits"], "float32"), axis=-1)  # [B or 2B, h, w, C]
+    center = ops.expand_dims(outputs["center_heatmap"], -1)  # [.., h, w, 1]
+    offset = outputs["offset_map"]  # [.., h, w, 2]
     if flip:
-        probs, center, offset = (ops.flip(t, axis=2) for t in (probs, center, offset))
-        offset = offset * ops.convert_to_tensor([1.0, -1.0])  # mirrored dx points the other way
+        batch = ops.shape(images)[0]
+
+        def average_with_mirrored(t, mirror_sign=1.0):  # [2B, ...] -> [B, ...]
+            return (t[:batch] + ops.flip(t[batch:], axis=2) * mirror_sign) / 2.0
+
+        probs, center = average_with_mirrored(probs), average_with_mirrored(center)
+        offset = average_with_mirrored(offset, ops.convert_to_tensor([1.0, -1.0]))  # mirrored dx points the other way
     if scale != 1.0:
         scaled_size = ops.shape(offset)[1:3]
         ratio = ops.stack([
@@ -57,7 +66,7 @@ def predict_dense(model, images, scales=(1.0,), flip=False):
     """
     if not scales or any(s <= 0 for s in scales):
         raise ValueError(f"scales must be positive factors, got {scales!r}.")
-    runs = [_predict_at_scale(model, images, float(s), f) for s in scales for f in ((False, True) if flip else (False,))]
+    runs = [_predict_at_scale(model, images, float(s), flip) for s in scales]
     probs, center, offset = (sum(r[i] for r in runs) / len(runs) for i in range(3))
     return {"semantic_probs": probs, "center_heatmap": center, "offset_map": offset}
 
