@@ -14,32 +14,23 @@ import tensorflow_datasets as tfds
 from axial_tf.data import records
 from axial_tf.data import shapes_renderer
 from axial_tf.data import validation
-from axial_tf.data.dataset_info import (
-    DEFAULT_IGNORE_LABEL,
-    DEFAULT_LABEL_DIVISOR,
-    PanopticDatasetInfo,
-)
+from axial_tf.data.dataset_info import PanopticDatasetInfo
 
 # Mixed into every example seed so that the splits never share a scene.
 _SPLIT_CODES = {"train": 0, "validation": 1}
 
 
 @dataclasses.dataclass
-class PanopticShapesConfig(tfds.core.BuilderConfig):
+class PanopticShapesConfig(tfds.core.BuilderConfig, shapes_renderer.SceneOptions):
     """Size, resolution and content of a `panoptic_shapes` build.
 
+    It is the renderer's `SceneOptions` (height, width, instance counts, crowd and
+    void probabilities, label divisor, ignore label) plus what the build adds.
+
     Attributes:
-        height: Image height.
-        width: Image width.
         num_train: Number of training examples.
         num_validation: Number of validation examples.
         seed: Seed of the whole dataset.
-        min_instances: Fewest thing instances per image.
-        max_instances: Most thing instances per image.
-        crowd_probability: Chance of a crowd cluster per image.
-        void_probability: Chance of a void (corrupted) patch per image.
-        label_divisor: Panoptic label divisor of the records.
-        ignore_label: Semantic class of void pixels.
 
     Example:
         >>> config = PanopticShapesConfig(name="mine", height=96, width=96,
@@ -47,22 +38,9 @@ class PanopticShapesConfig(tfds.core.BuilderConfig):
         >>> builder = PanopticShapes(config=config, data_dir="/tmp/tfds")
     """
 
-    height: int = 64
-    width: int = 64
     num_train: int = 3000
     num_validation: int = 300
     seed: int = 0
-    min_instances: int = 2
-    max_instances: int = 6
-    crowd_probability: float = 0.1
-    void_probability: float = 0.1
-    label_divisor: int = DEFAULT_LABEL_DIVISOR
-    ignore_label: int = DEFAULT_IGNORE_LABEL
-
-    def scene_options(self):
-        """The renderer options of this config."""
-        fields = dataclasses.fields(shapes_renderer.SceneOptions)
-        return shapes_renderer.SceneOptions(**{field.name: getattr(self, field.name) for field in fields})
 
 
 class PanopticShapes(tfds.core.GeneratorBasedBuilder):
@@ -147,11 +125,10 @@ class PanopticShapes(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split, num_examples):
         """Yields `(key, record)` for every example of a split."""
         config = self.builder_config
-        options = config.scene_options()
         info = self.dataset_info()
         for index in range(num_examples):
             rng = np.random.default_rng([config.seed, _SPLIT_CODES[split], index])
-            image, panoptic_label = shapes_renderer.render_scene(rng, options)
+            image, panoptic_label = shapes_renderer.render_scene(rng, config)
             file_name = f"{split}_{index:06d}.png"
             # The renderer cannot produce bad labels; this guards against a bug in it.
             validation.validate_panoptic_label(panoptic_label, info, file_name)

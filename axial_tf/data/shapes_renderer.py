@@ -18,6 +18,8 @@ import dataclasses
 
 import numpy as np
 
+from axial_tf.data.dataset_info import DEFAULT_IGNORE_LABEL, DEFAULT_LABEL_DIVISOR
+
 STUFF_CLASS_NAMES = ("sky", "ground", "water")
 THING_CLASS_NAMES = ("disc", "box", "triangle", "ring")
 CLASS_NAMES = STUFF_CLASS_NAMES + THING_CLASS_NAMES
@@ -31,7 +33,8 @@ _MIN_CONTRAST = 70.0
 _PLACEMENT_ATTEMPTS = 25
 
 
-@dataclasses.dataclass(frozen=True)
+# Keyword-only, so that `PanopticShapesConfig` can add these fields to a tfds BuilderConfig.
+@dataclasses.dataclass(kw_only=True)
 class SceneOptions:
     """What a rendered scene may contain.
 
@@ -53,8 +56,8 @@ class SceneOptions:
     max_instances: int = 6
     crowd_probability: float = 0.1
     void_probability: float = 0.1
-    label_divisor: int = 1000
-    ignore_label: int = 255
+    label_divisor: int = DEFAULT_LABEL_DIVISOR
+    ignore_label: int = DEFAULT_IGNORE_LABEL
 
     @property
     def min_instance_area(self):
