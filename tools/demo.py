@@ -29,12 +29,11 @@ def main(argv):
 
     from axial_tf.export import export_model
     from axial_tf.training.config import ConfigError, load_config
-    from axial_tf.training.trainer import Trainer, TrainingDivergedError, configure_threads
+    from axial_tf.training.trainer import Trainer, TrainingDivergedError
 
     started = time.time()
     try:
         config = load_config(FLAGS.config, overrides=FLAGS.override)
-        configure_threads(config)
         trainer = Trainer(config, FLAGS.model_dir, tf.distribute.get_strategy())
         trainer.train(eval_interval=config.evaluation.interval)
         metrics = trainer.last_metrics or trainer.evaluate()

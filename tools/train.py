@@ -69,7 +69,7 @@ def main(argv):
 
     logging.set_verbosity(logging.WARNING)  # TFDS reports every dataset read at INFO
     from axial_tf.training.config import ConfigError, load_config
-    from axial_tf.training.trainer import TrainingDivergedError, configure_threads
+    from axial_tf.training.trainer import TrainingDivergedError
 
     if bool(FLAGS.config) == bool(FLAGS.gin_file):
         raise app.UsageError("Give exactly one of --config and --gin_file.")
@@ -82,7 +82,6 @@ def main(argv):
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * FLAGS.cpu_devices)
     try:
         config = load_config(FLAGS.config or FLAGS.gin_file, overrides=FLAGS.override)
-        configure_threads(config)
         started = time.time()
         result = run(config, FLAGS.model_dir, FLAGS.mode, FLAGS.strategy, FLAGS.tpu)
     except (ConfigError, TrainingDivergedError, ValueError, FileNotFoundError) as error:

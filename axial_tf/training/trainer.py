@@ -36,18 +36,6 @@ def configure_runtime(config):
     keras.mixed_precision.set_global_policy(config.training.mixed_precision)
 
 
-def configure_threads(config):
-    """For a deterministic run, one inter-op thread (call before TensorFlow runs any op).
-
-    Op determinism alone left two concurrent runs of the demo config diverging after 4-21
-    steps (some op's result depends on which independent ops run at the same time); with
-    one inter-op thread they stayed identical, and steps were not slower on 2 cores (each op
-    still uses every core). Raises RuntimeError once TensorFlow's runtime has started.
-    """
-    if config.training.deterministic:
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-
-
 class Trainer:
     """Trains and evaluates the model of an experiment config in `model_dir`.
 
