@@ -21,6 +21,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO_ROOT
+from training_helpers import tool_command
 
 from axial_tf import data
 from axial_tf.data import records
@@ -114,10 +115,6 @@ def write_training_run(model_dir, config, seed=0):
     return model
 
 
-def tool_command(tool, *args):
-    return [PYTHON, str(REPO_ROOT / "tools" / tool), *map(str, args)]
-
-
 def run_command(command, cwd=None, env=None, timeout=300):
     """Runs a command with quiet TF logs; returns the CompletedProcess."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
@@ -201,7 +198,7 @@ def exported(tmp_path_factory):
     config = tiny_panoptic_config(root / "tfds")
     trained = write_training_run(root / "run", config)
     export_dir = root / "exports" / "1"
-    result = run_command(tool_command("export.py", "--model_dir", root / "run", "--output", export_dir))
+    result = run_command(tool_command("export", "--model_dir", root / "run", "--output", export_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "serving_encoded" in result.stdout
     model = load_model(config, model_dir=root / "run")  # the weights the export restored

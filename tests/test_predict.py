@@ -10,9 +10,9 @@ from test_export import (
     TINY_BACKBONE,
     run_command,
     tiny_panoptic_config,
-    tool_command,
     write_training_run,
 )
+from training_helpers import tool_command
 
 from axial_tf.data.inference import classification_eval_image
 from axial_tf.export import (
@@ -161,7 +161,7 @@ def test_predict_tool_on_a_folder_with_an_unreadable_file(panoptic, tmp_path):
     (images / "c_broken.png").write_bytes(b"\x89PNG truncated")
     output = tmp_path / "out"
     result = run_command(tool_command(
-        "predict.py", "--saved_model", panoptic.export, "--input", images, "--output", output, "--overlay",
+        "predict", "--saved_model", panoptic.export, "--input", images, "--output", output, "--overlay",
         "--skip_unreadable"))
     assert result.returncode == 1, result.stderr[-3000:]
     assert "c_broken.png" in result.stderr
@@ -190,7 +190,7 @@ def classifier(tmp_path_factory):
 
 def test_classification_export_top_k_matches_the_evaluation_path(classifier):
     result = run_command(tool_command(
-        "export.py", "--keras_model", classifier.path, "--image_size", 32, "--top_k", 3,
+        "export", "--keras_model", classifier.path, "--image_size", 32, "--top_k", 3,
         "--output", classifier.root / "export"))
     assert result.returncode == 0, result.stderr[-3000:]
     predictor = Predictor.from_saved_model(classifier.root / "export")

@@ -12,20 +12,22 @@ from conftest import REPO_ROOT
 TINY_PANOPTIC = REPO_ROOT / "tests" / "configs" / "tiny_panoptic.yaml"
 
 
-def run_tool(tool, *args, overrides=(), env=None, timeout=600):
-    """Runs `tools/<tool>.py` with `args` and `--override` flags; returns the completed process."""
+def tool_command(tool, *args, overrides=()):
+    """The command line of `tools/<tool>.py` with `args` and one `--override` flag per override."""
     command = [sys.executable, str(REPO_ROOT / "tools" / f"{tool}.py"), *map(str, args)]
     for override in overrides:
         command += ["--override", override]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return command
+
+
+def run_tool(tool, *args, overrides=(), env=None, timeout=600):
+    """Runs `tools/<tool>.py` with `args` and `--override` flags; returns the completed process."""
+    return subprocess.run(tool_command(tool, *args, overrides=overrides), capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def train_command(config, model_dir, *overrides, extra=()):
-    command = [sys.executable, str(REPO_ROOT / "tools" / "train.py"), "--config", str(config),
-               "--model_dir", str(model_dir), *extra]
-    for override in overrides:
-        command += ["--override", override]
-    return command
+    return tool_command("train", "--config", config, "--model_dir", model_dir, *extra, overrides=overrides)
 
 
 def run_training(config, model_dir, *overrides, extra=(), env=None, check=True, timeout=600):
