@@ -60,6 +60,40 @@ def test_drop_path_unknown_batch_and_expectation():
     np.testing.assert_array_equal(np.asarray(drop(np.ones((3, 2), "float32"))), np.ones((3, 2)))
 
 
+# Logical CPU devices must be configured before TensorFlow initialises, hence a subprocess.
+_DROP_PATH_REPLICAS_SCRIPT = """
+import json
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from axial_tf.layers import DropPath
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    drop = DropPath(keep_prob=0.5, seed=7)
+step = tf.function(lambda: strategy.run(lambda: drop(tf.ones((64, 3)), training=True)))
+masks = [[r.numpy()[:, 0].tolist() for r in strategy.experimental_local_results(step())] for _ in range(2)]
+states = [v.numpy().tolist() for v in strategy.experimental_local_results(drop.seed_generator.state.value)]
+print("RESULT", json.dumps({"masks": masks, "states": states}))
+"""
+
+
+def test_drop_path_masks_differ_across_replicas():
+    """Under MirroredStrategy each replica drops its own samples (masks were once identical)."""
+    import json
+
+    run = subprocess.run([sys.executable, "-c", _DROP_PATH_REPLICAS_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.split("RESULT", 1)[1])
+    masks = np.asarray(result["masks"])  # [step, replica, sample]
+    assert set(np.unique(masks)) <= {0.0, 2.0}  # whole samples, kept ones scaled by 1 / keep_prob
+    assert not np.array_equal(masks[0, 0], masks[0, 1])  # replicas draw independently
+    assert not np.array_equal(masks[0], masks[1])  # and anew at every step
+    assert result["states"][0] == result["states"][1]  # from one shared random state
+    assert 0.3 < masks.mean() / 2 < 0.7
+
+
 @pytest.mark.parametrize(
     "filters,attention",
     [([8, 4, 16], {"num_heads": 2}), ([8, 4, 16], {"num_heads": 2, "span": 3}), ([4, 4, 16], None), ([16, 16], None)],

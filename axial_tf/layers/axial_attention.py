@@ -9,7 +9,11 @@ How it is made fast on CPU without changing the math (see BENCHMARKS.md):
     second-moment matrices (the terms are bilinear), not from passes over the logits.
   * Operand layouts are chosen so that each einsum, and its gradient, is one
     batched matmul; layout changes are explicit transposes of the smaller tensor
-    wherever possible.
+    wherever possible, and q and k are transposed once per call into the two
+    layouts the terms use (shared by the products and the batch moments).
+  * A batch norm using its moving statistics (inference, frozen BN) is a
+    per-channel affine map: the qkv BN folds into the projection kernel, the
+    output BN into v and the retrieved terms, so neither passes over activations.
 """
 
 import itertools
@@ -17,8 +21,9 @@ import itertools
 import keras
 from keras import ops
 
-from axial_tf.layers.masked_batch_norm import MaskedBatchNormalization, _all_reduce_sum
+from axial_tf.layers.masked_batch_norm import MaskedBatchNormalization
 from axial_tf.layers.relative_positional_encoding import DEEPLAB2_MAX_SPAN, RelativePositionalEncoding
+from axial_tf.layers.replicas import all_reduce_sum
 
 # Default bound on the logit elements of one similarity term computed at once by
 # global attention (64 Mi floats = 256 MB): large images are processed in chunks of
@@ -44,6 +49,12 @@ def _sum(tensors):
     for tensor in tensors[1:]:
         total = total + tensor
     return total
+
+
+def _moving_affine(norm):
+    """`(scale, shift)` with `norm(x) == x * scale + shift` for a BN using its moving statistics."""
+    scale = norm.gamma * ops.rsqrt(norm.moving_variance + norm.epsilon)
+    return scale, norm.beta - norm.moving_mean * scale
 
 
 def _per_head_total(values):
@@ -247,48 +258,76 @@ class AxialAttention(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         batch, length = ops.shape(inputs)[0], ops.shape(inputs)[1]
-        qkv = ops.matmul(inputs, self.qkv_kernel)  # [N, L, 2Dk + Dv]
-        qkv = self.batch_norm_qkv(qkv, training=training)
         dk, dv, heads = self.total_key_depth, self.total_value_depth, self.num_heads
+        terms = self.num_retrieval_terms
+        # A BN with moving statistics is a per-channel map `x * scale + shift`: it folds
+        # into the neighbouring linear maps instead of making passes over activations.
+        term_scales = output_shift = None
+        if not (training and self.batch_norm_retrieved_output.trainable):
+            scale, shift = _moving_affine(self.batch_norm_retrieved_output)  # [terms * Dv]
+            # Each term is scaled, the shifts add up: no stacked [N, L, terms * Dv] tensor.
+            term_scales = [ops.reshape(s, (heads, -1)) for s in ops.split(scale, terms)]
+            output_shift = ops.cast(_sum(ops.split(shift, terms)), self.compute_dtype)
+        if training and self.batch_norm_qkv.trainable:
+            qkv = self.batch_norm_qkv(ops.matmul(inputs, self.qkv_kernel), training=training)
+        else:
+            kernel_scale, qkv_shift = _moving_affine(self.batch_norm_qkv)  # [2Dk + Dv]
+            if term_scales is not None and self.retrieve_value_content:
+                # Softmax rows sum to one, so the content term's output scale moves into v.
+                value_scale = ops.concatenate([ops.ones((2 * dk,)), ops.reshape(term_scales[0], (-1,))])
+                kernel_scale, qkv_shift = kernel_scale * value_scale, qkv_shift * value_scale
+                term_scales[0] = None
+            kernel = ops.cast(ops.cast(self.qkv_kernel, "float32") * kernel_scale, self.compute_dtype)
+            qkv = ops.matmul(inputs, kernel) + ops.cast(qkv_shift, self.compute_dtype)
         # split (not slicing): its gradient is one concatenation, not three padded copies.
-        query, key, value = ops.split(qkv, [dk, 2 * dk], axis=-1)
+        query, key, value = ops.split(qkv, [dk, 2 * dk], axis=-1)  # of [N, L, 2Dk + Dv]
         query = ops.reshape(query, (batch, length, heads, self.key_depth_per_head))
         key = ops.reshape(key, (batch, length, heads, self.key_depth_per_head))
         value = ops.reshape(value, (batch, length, heads, self.value_depth_per_head))
 
-        if self.span is None:
-            retrieved = self._attend_global(query, key, value, length, training)
-        else:
-            retrieved = self._attend_local(query, key, value, length, training)
+        attend = self._attend_global if self.span is None else self._attend_local
+        retrieved = attend(query, key, value, length, training, term_scales)
+        if term_scales is not None:  # [N, L, heads, dv]: the normalised terms, summed
+            return ops.reshape(retrieved, (batch, length, dv)) + output_shift
         # retrieved: [N, L, terms, heads, dv] -> one BN channel per (term, head, channel).
-        retrieved = ops.reshape(retrieved, (batch, length, self.num_retrieval_terms * dv))
+        retrieved = ops.reshape(retrieved, (batch, length, terms * dv))
         retrieved = self.batch_norm_retrieved_output(retrieved, training=training)
-        retrieved = ops.reshape(retrieved, (batch, length, self.num_retrieval_terms, dv))
+        retrieved = ops.reshape(retrieved, (batch, length, terms, dv))
         return ops.sum(retrieved, axis=2)  # [N, L, Dv]
 
-    def _attend_global(self, query, key, value, length, training):
+    def _retrieved_shape(self, term_scales):
+        """Per-position shape of the retrieval: `[terms, heads, dv]`, or `[heads, dv]` once summed."""
+        summed = () if term_scales is not None else (self.num_retrieval_terms,)
+        return (*summed, self.num_heads, self.value_depth_per_head)
+
+    def _attend_global(self, query, key, value, length, training, term_scales):
         """Global attention, in chunks of sequences when the logits would be too large."""
         lengths = (length, length, 0)
+        one_block = lambda t: ops.expand_dims(t, 1)  # noqa: E731  [N, 1, L, heads, d]
+        layouts = None
         if training and self.batch_norm_similarity.trainable:
             # Batch statistics over all sequences (cheap, see below), so chunks share them.
-            one_block = lambda t: ops.expand_dims(t, 1)  # noqa: E731  [N, 1, L, heads, d]
-            scales = self._batch_similarity_scales(
-                *self._global_similarity_moments(one_block(query), one_block(key), *lengths)
-            )
+            layouts = self._query_key_layouts(one_block(query), one_block(key))
+            scales = self._batch_similarity_scales(*self._global_similarity_moments(*layouts, *lengths))
         else:
             scales = self._similarity_scales(self.batch_norm_similarity.moving_variance)
 
-        def attend(sequences):  # ([n, L, heads, d] q, k, v) -> [n, L, terms, heads, dv]
-            query, key, value = (ops.expand_dims(t, 1) for t in sequences)
-            logits = self._folded_logits(query, key, lengths, scales)  # [n, 1, heads, L, L]
-            return ops.squeeze(self._retrieve_softmax(logits, value, lengths, None), axis=1)
+        def attend(sequences, layouts=None):  # ([n, L, heads, d] q, k, v) -> [n, L, (terms,) heads, dv]
+            query, key, value = (one_block(t) for t in sequences)
+            if layouts is None:
+                layouts = self._query_key_layouts(query, key)
+            logits = self._folded_logits(*layouts, lengths, scales)  # [n, 1, heads, L, L]
+            return ops.squeeze(self._retrieve_softmax(logits, value, lengths, None, term_scales), axis=1)
 
-        output_shape = (length, self.num_retrieval_terms, self.num_heads, self.value_depth_per_head)
         logits_per_sequence = self.num_heads * length * length
+        count = ops.shape(query)[0]
+        if isinstance(count, int) and isinstance(length, int) and count * logits_per_sequence <= self.max_chunk_logits:
+            return attend((query, key, value), layouts)  # one chunk: reuse the transposed q and k
+        output_shape = (length, *self._retrieved_shape(term_scales))
         return self._map_sequence_chunks(attend, (query, key, value), output_shape, logits_per_sequence)
 
     def _map_sequence_chunks(self, attend, sequences, output_shape, logits_per_sequence):
-        """`attend` on all sequences at once, or chunk by chunk if their logits exceed the bound.
+        """`attend` chunk by chunk, so that no chunk's logits exceed `max_chunk_logits`.
 
         Args:
             attend: maps a tuple of `[n, ...]` tensors to one `[n, ...]` tensor.
@@ -302,8 +341,6 @@ class AxialAttention(keras.layers.Layer):
         """
         count = ops.shape(sequences[0])[0]
         static = isinstance(count, int) and isinstance(logits_per_sequence, int)
-        if static and count * logits_per_sequence <= self.max_chunk_logits:
-            return attend(sequences)
         num_chunks, chunk = sequence_chunks(count, logits_per_sequence, self.max_chunk_logits)
         padded = num_chunks * chunk
 
@@ -328,7 +365,7 @@ class AxialAttention(keras.layers.Layer):
         no_padding = static and padded == count
         return outputs if no_padding else outputs[:count]
 
-    def _attend_local(self, query, key, value, length, training):
+    def _attend_local(self, query, key, value, length, training, term_scales):
         """Local attention on blocks of queries against keys within `flange` of the block."""
         # Keys farther than L - 1 never exist, so clip the flange to the length.
         flange = _minimum((self.span - 1) // 2, length - 1)
@@ -361,16 +398,14 @@ class AxialAttention(keras.layers.Layer):
         logits = self._local_similarity_logits(
             to_query_blocks(query), to_key_blocks(key), lengths, valid_pair, training
         )  # [N, blocks, heads, block, key_block]
-        retrieved = self._retrieve_softmax(logits, to_key_blocks(value), lengths, valid)
-        # retrieved: [N, blocks, block, terms, heads, dv]
-        retrieved = ops.reshape(
-            retrieved, (batch, padded, self.num_retrieval_terms, self.num_heads, self.value_depth_per_head)
-        )
+        retrieved = self._retrieve_softmax(logits, to_key_blocks(value), lengths, valid, term_scales)
+        # retrieved: [N, blocks, block, (terms,) heads, dv]
+        retrieved = ops.reshape(retrieved, (batch, padded, *self._retrieved_shape(term_scales)))
         # Drop the padding queries (no slice when there are none: its gradient is a full copy).
         no_padding = isinstance(length, int) and padded == length
         return retrieved if no_padding else retrieved[:, :length]
 
-    def _retrieve_softmax(self, logits, value, lengths, mask):
+    def _retrieve_softmax(self, logits, value, lengths, mask, term_scales):
         """Softmax over the keys, then retrieval of values and value encodings.
 
         Logits live in a heads-first `[N, X, heads, Lq, Lk]` layout, so the content
@@ -384,14 +419,20 @@ class AxialAttention(keras.layers.Layer):
             value: `[N, X, Lk, heads, dv]` value blocks.
             lengths: (Lq, Lk, position of key 0 relative to query 0 within a block).
             mask: `None`, or `[X, Lq, Lk]` booleans, True where a key may be attended.
+            term_scales: `None`, or one `[heads, dv]` scale (or `None`: already applied)
+                per retrieval term, which are then scaled and summed.
 
         Returns:
-            `[N, X, Lq, terms, heads, dv]` retrieved outputs (before their BN).
+            `[N, X, Lq, terms, heads, dv]` retrieved outputs (before their BN), or
+            `[N, X, Lq, heads, dv]`, their scaled sum.
         """
         if mask is not None:
             logits = ops.where(mask[:, None], logits, _MASKED_LOGIT)
         weights = ops.cast(ops.softmax(logits, axis=-1), self.compute_dtype)
-        return self._retrieve(weights, value, lengths)
+        retrieved = self._retrieve(weights, value, lengths)
+        if term_scales is None:
+            return ops.stack(retrieved, axis=3)
+        return _sum([t if s is None else t * ops.cast(s, t.dtype) for t, s in zip(retrieved, term_scales)])
 
     def _local_similarity_logits(self, query, key, lengths, valid_pair, training):
         """Sum of the batch-normalised similarity terms of local blocks, float32 `[N, X, heads, Lq, Lk]`.
@@ -401,10 +442,11 @@ class AxialAttention(keras.layers.Layer):
         head) scales `gamma / sqrt(variance + eps)` matter. In training they come
         from the batch statistics of the valid pairs (`valid_pair`, `[X, Lq, Lk]`).
         """
+        layouts = self._query_key_layouts(query, key)
         if not (training and self.batch_norm_similarity.trainable):
             scales = self._similarity_scales(self.batch_norm_similarity.moving_variance)
-            return self._folded_logits(query, key, lengths, scales)
-        terms = [ops.cast(term, "float32") for term in self._similarity_terms(query, key, query, key, *lengths)]
+            return self._folded_logits(*layouts, lengths, scales)
+        terms = [ops.cast(term, "float32") for term in self._similarity_terms(*layouts, *lengths)]
         moments = [self._masked_similarity_moments(term, valid_pair) for term in terms]
         scales = self._batch_similarity_scales(
             ops.concatenate([mean for mean, _ in moments], axis=0),
@@ -414,17 +456,28 @@ class AxialAttention(keras.layers.Layer):
         logit_shape = (self.num_heads, lengths[0], lengths[1])
         return _sum([term * ops.broadcast_to(scale[:, None, None], logit_shape) for term, scale in zip(terms, scales)])
 
-    def _folded_logits(self, query, key, lengths, scales):
+    def _folded_logits(self, query_layouts, key_layouts, lengths, scales):
         """Similarity logits with each term's BN scale folded into its (small) q or k factor."""
-        scales = iter(scales)
-        content_query = query * self._head_scale(next(scales)) if self.use_content_similarity else None
-        rpe_query = query * self._head_scale(next(scales)) if self.use_query_rpe_similarity else None
-        rpe_key = key * self._head_scale(next(scales)) if self.use_key_rpe_similarity else None
-        terms = self._similarity_terms(content_query, key, rpe_query, rpe_key, *lengths)
+        terms = self._similarity_terms(query_layouts, key_layouts, *lengths, scales=scales)
         return _sum([ops.cast(term, "float32") for term in terms])
 
+    def _query_key_layouts(self, query, key):
+        """The layouts of `[N, X, L, heads, d]` queries and keys that the similarity terms use.
+
+        Returns:
+            For the queries, then the keys: (`[N, X, heads, L, d]` for the content term,
+            `[L, N, X, heads, d]` for the relative term), `None` where that term is off.
+            Made once per call and shared by the products and the batch moments.
+        """
+
+        def layouts(tensor, uses_rpe):
+            heads_first = ops.transpose(tensor, (0, 1, 3, 2, 4)) if self.use_content_similarity else None
+            return heads_first, ops.transpose(tensor, (2, 0, 1, 3, 4)) if uses_rpe else None
+
+        return layouts(query, self.use_query_rpe_similarity), layouts(key, self.use_key_rpe_similarity)
+
     def _retrieve(self, weights, value, lengths):
-        """`[N, X, Lq, terms, heads, dv]` retrieved values and value encodings (before their BN)."""
+        """The enabled retrievals (values, value encodings), each `[N, X, Lq, heads, dv]`."""
         retrieved = []
         if self.retrieve_value_content:
             value_heads = ops.transpose(value, (0, 1, 3, 2, 4))  # [N, X, h, Lk, dv]
@@ -435,36 +488,42 @@ class AxialAttention(keras.layers.Layer):
             weights_by_query = ops.transpose(weights, (3, 0, 1, 2, 4))  # [Lq, N, X, h, Lk]
             rpe = ops.einsum("lnxhm,lmd->lnxhd", weights_by_query, table)
             retrieved.append(ops.transpose(rpe, (1, 2, 0, 3, 4)))  # [N, X, Lq, h, dv]
-        return ops.stack(retrieved, axis=3)
+        return retrieved
 
-    def _similarity_terms(self, content_query, key, rpe_query, rpe_key, query_length, key_length, key_start):
+    def _similarity_terms(self, query_layouts, key_layouts, query_length, key_length, key_start, scales=None):
         """The enabled similarity products, each `[N, X, heads, Lq, Lk]`.
 
         Args:
-            content_query: `[N, X, Lq, heads, dk]` queries of the `q.k` term.
-            key: `[N, X, Lk, heads, dk]` keys of the `q.k` term.
-            rpe_query: `[N, X, Lq, heads, dk]` queries of the `q.r_q` term.
-            rpe_key: `[N, X, Lk, heads, dk]` keys of the `k.r_k` term.
+            query_layouts: `_query_key_layouts` layouts of the `[N, X, Lq, heads, dk]` queries.
+            key_layouts: `_query_key_layouts` layouts of the `[N, X, Lk, heads, dk]` keys.
             query_length: Lq.
             key_length: Lk.
             key_start: position of key 0 relative to query 0 within a block.
+            scales: `None`, or one `[heads]` factor per enabled term, applied to its
+                query (content and query-encoding terms) or key (key-encoding term).
 
         Returns:
             A list with one tensor per enabled term, in BN channel order.
         """
+        (query_heads, query_positions), (key_heads, key_positions) = query_layouts, key_layouts
+        scales = iter(scales) if scales is not None else None
         terms = []
         if self.use_content_similarity:
-            query_heads = ops.transpose(content_query, (0, 1, 3, 2, 4))  # [N, X, h, Lq, dk]
-            key_heads = ops.transpose(key, (0, 1, 3, 2, 4))  # [N, X, h, Lk, dk]
+            if scales is not None:  # [heads] -> [heads, Lq, dk]: its gradient reduces leading axes
+                query_heads = query_heads * ops.broadcast_to(
+                    ops.cast(next(scales), query_heads.dtype)[:, None, None], ops.shape(query_heads)[2:]
+                )
             terms.append(ops.einsum("nxhld,nxhmd->nxhlm", query_heads, key_heads))
         if self.use_query_rpe_similarity:
+            if scales is not None:
+                query_positions = query_positions * self._head_scale(next(scales))
             table = self.query_rpe.table(query_length, key_length, key_start)  # [Lq, Lk, dk]
-            query_positions = ops.transpose(rpe_query, (2, 0, 1, 3, 4))  # [Lq, N, X, h, dk]
             term = ops.einsum("lnxhd,lmd->lnxhm", query_positions, table)
             terms.append(ops.transpose(term, (1, 2, 3, 0, 4)))
         if self.use_key_rpe_similarity:
+            if scales is not None:
+                key_positions = key_positions * self._head_scale(next(scales))
             table = self.key_rpe.table(query_length, key_length, key_start)  # [Lq, Lk, dk]
-            key_positions = ops.transpose(rpe_key, (2, 0, 1, 3, 4))  # [Lk, N, X, h, dk]
             term = ops.einsum("mnxhd,lmd->mnxhl", key_positions, table)
             terms.append(ops.transpose(term, (1, 2, 3, 4, 0)))
         return terms
@@ -501,7 +560,7 @@ class AxialAttention(keras.layers.Layer):
         scale = norm.gamma * ops.rsqrt(variance + norm.epsilon) + 0.0 * norm.beta
         return ops.split(scale, self.num_similarity_terms)
 
-    def _global_similarity_moments(self, query, key, query_length, key_length, key_start):
+    def _global_similarity_moments(self, query_layouts, key_layouts, query_length, key_length, key_start):
         """Batch mean and variance of every similarity product, without forming the products.
 
         Each product is bilinear, so its sum over all (query, key) pairs and its sum of
@@ -511,8 +570,9 @@ class AxialAttention(keras.layers.Layer):
         the gradient of the variance flows through the same small tensors.
 
         Args:
-            query: `[N, X, Lq, heads, dk]` queries (every pair of a block is valid).
-            key: `[N, X, Lk, heads, dk]` keys.
+            query_layouts: `_query_key_layouts` layouts of the `[N, X, Lq, heads, dk]`
+                queries (every pair of a block is valid).
+            key_layouts: `_query_key_layouts` layouts of the `[N, X, Lk, heads, dk]` keys.
             query_length: Lq.
             key_length: Lk.
             key_start: position of key 0 relative to query 0 within a block.
@@ -520,27 +580,30 @@ class AxialAttention(keras.layers.Layer):
         Returns:
             (mean, variance), each `[terms * heads]` in BN channel order.
         """
-        query = ops.cast(query, "float32")
-        key = ops.cast(key, "float32")
-        shape = ops.shape(query)
-        count = ops.cast(shape[0] * shape[1], "float32") * ops.cast(query_length * key_length, "float32")
+        as_float = lambda t: None if t is None else ops.cast(t, "float32")  # noqa: E731
+        (query_heads, query_positions), (key_heads, key_positions) = (
+            tuple(as_float(t) for t in layouts) for layouts in (query_layouts, key_layouts)
+        )
+        # N and X from whichever layout exists ([N, X, ...] or [L, N, X, ...]).
+        n, x = ops.shape(query_heads)[:2] if query_heads is not None else ops.shape(query_positions)[1:3]
+        count = ops.cast(n * x, "float32") * ops.cast(query_length * key_length, "float32")
         sums, squares = [], []
-        if self.use_content_similarity:
-            sums.append(_per_head_total(ops.sum(query, axis=2) * ops.sum(key, axis=2)))
-            query_moment = ops.einsum("nxlhd,nxlhe->nxhde", query, query)
-            key_moment = ops.einsum("nxmhd,nxmhe->nxhde", key, key)
+        if self.use_content_similarity:  # heads-first [N, X, h, L, d]
+            sums.append(_per_head_total(ops.sum(query_heads, axis=3) * ops.sum(key_heads, axis=3)))
+            query_moment = ops.einsum("nxhld,nxhle->nxhde", query_heads, query_heads)
+            key_moment = ops.einsum("nxhmd,nxhme->nxhde", key_heads, key_heads)
             depth_pairs = self.key_depth_per_head**2
             squares.append(_per_head_total(ops.reshape(query_moment * key_moment, (-1, self.num_heads, depth_pairs))))
-        for enabled, rpe, vectors, summed_axis in (
-            (self.use_query_rpe_similarity, self.query_rpe, query, 1),
-            (self.use_key_rpe_similarity, self.key_rpe, key, 0),
+        for enabled, rpe, by_position, summed_axis in (
+            (self.use_query_rpe_similarity, self.query_rpe, query_positions, 1),
+            (self.use_key_rpe_similarity, self.key_rpe, key_positions, 0),
         ):
             if not enabled:
                 continue
-            # Position p of `vectors` (query l or key m) meets the table rows of all its pairs.
+            # Position p of `by_position` ([P, N, X, h, dk]: query l or key m) meets the table
+            # rows of all its pairs.
             table = ops.cast(rpe.table(query_length, key_length, key_start), "float32")  # [Lq, Lk, dk]
             table_by_position = table if summed_axis == 1 else ops.transpose(table, (1, 0, 2))  # [P, pairs, dk]
-            by_position = ops.transpose(vectors, (2, 0, 1, 3, 4))  # [P, N, X, h, dk]
             row_sums = ops.sum(table_by_position, axis=1)[:, None, None, None]  # [P, 1, 1, 1, dk]
             sums.append(_per_head_total(by_position * row_sums))
             table_moment = ops.einsum("pod,poe->pde", table_by_position, table_by_position)  # [P, dk, dk]
@@ -548,7 +611,7 @@ class AxialAttention(keras.layers.Layer):
             squares.append(_per_head_total(projected * by_position))
         sums, squares = ops.concatenate(sums, axis=0), ops.concatenate(squares, axis=0)
         if self.sync_batch_norm:
-            count, sums, squares = _all_reduce_sum([count, sums, squares])
+            count, sums, squares = all_reduce_sum([count, sums, squares])
         mean = sums / count
         return mean, ops.maximum(squares / count - ops.square(mean), 0.0)
 
@@ -569,7 +632,7 @@ class AxialAttention(keras.layers.Layer):
             return ops.sum(ops.sum(values, axis=(3, 4)), axis=(0, 1))
 
         if self.sync_batch_norm:
-            count, total, squares = _all_reduce_sum(
+            count, total, squares = all_reduce_sum(
                 [count, per_head_sum(term * weights), per_head_sum(ops.square(term) * weights)]
             )
             mean = total / count

@@ -3,13 +3,17 @@
 import keras
 from keras import ops
 
+from axial_tf.layers.replicas import replica_position
+
 
 @keras.saving.register_keras_serializable(package="axial_tf")
 class DropPath(keras.layers.Layer):
     """Drops the whole residual branch of a sample with probability `1 - keep_prob`.
 
     Kept samples are scaled by `1 / keep_prob` so the expectation is unchanged.
-    Identity at inference. Works with an unknown batch size.
+    Identity at inference. Works with an unknown batch size. Under a tf.distribute
+    strategy every replica draws its own masks (independent across replicas, as
+    on one device), while the random state stays the same on all replicas.
 
     Args:
         keep_prob: probability of keeping a sample's branch, in (0, 1].
@@ -32,8 +36,13 @@ class DropPath(keras.layers.Layer):
     def call(self, inputs, training=None):
         if not training or self.keep_prob == 1.0:
             return inputs
-        noise_shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
-        return keras.random.dropout(inputs, 1.0 - self.keep_prob, noise_shape=noise_shape, seed=self.seed_generator)
+        batch = ops.shape(inputs)[0]
+        # Every replica holds the same generator state: each draws the uniforms of all
+        # replicas and keeps its own row, so masks differ across replicas.
+        num_replicas, replica = replica_position()
+        uniform = keras.random.uniform((num_replicas, batch), seed=self.seed_generator)[replica]
+        keep = ops.cast(uniform < self.keep_prob, inputs.dtype) / ops.cast(self.keep_prob, inputs.dtype)
+        return inputs * ops.reshape(keep, (batch,) + (1,) * (len(inputs.shape) - 1))
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -3,15 +3,7 @@
 import keras
 from keras import ops
 
-
-def _all_reduce_sum(tensors):
-    """Sums `tensors` over the replicas of the current tf.distribute replica context."""
-    import tensorflow as tf  # Synchronized BN is TensorFlow-only in Keras 3 as well.
-
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return tensors
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, tensors)
+from axial_tf.layers.replicas import all_reduce_sum
 
 
 @keras.saving.register_keras_serializable(package="axial_tf")
@@ -44,7 +36,7 @@ class MaskedBatchNormalization(keras.layers.BatchNormalization):
         weights = ops.broadcast_to(ops.cast(stats_mask, inputs.dtype), ops.shape(inputs))
         axes = self._reduction_axes
         if self.synchronized:
-            count, total, squares = _all_reduce_sum(
+            count, total, squares = all_reduce_sum(
                 [ops.sum(weights, axes), ops.sum(inputs * weights, axes), ops.sum(ops.square(inputs) * weights, axes)]
             )
             mean = total / count
