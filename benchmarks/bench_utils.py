@@ -37,11 +37,21 @@ def setup_tensorflow(threads=THREADS):
     """Imports TensorFlow with `threads` intra- and inter-op threads; returns the module."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(REPO_ROOT))
+    import axial_tf  # noqa: F401  (before TensorFlow: it turns oneDNN on unless TF_ENABLE_ONEDNN_OPTS says)
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
     return tf
+
+
+def _onednn_state():
+    """Whether TensorFlow's oneDNN kernels are on in this process, and what turned them on or off."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    setting = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    return ("on" if _pywrap_util_port.IsMklEnabled() else "off") + (
+        f" (TF_ENABLE_ONEDNN_OPTS={setting})" if setting is not None else " (TensorFlow's default)")
 
 
 def emit(**record):
@@ -174,5 +184,5 @@ def versions():
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "memory_gb": round(memory_gb, 1),
-        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)"),
+        "onednn": _onednn_state(),
     }

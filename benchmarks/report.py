@@ -171,10 +171,11 @@ def _onednn_section(results):
             rows.append([mode, _ms(on["median_ms"]) if on else "—", _ms(off["median_ms"])])
     return """## oneDNN
 
-`ds_stage4`, current layer, graph mode, float32. TensorFlow's default (oneDNN on) against
+`ds_stage4`, current layer, graph mode, float32. oneDNN on (axial_tf turns it on when it loads
+before TensorFlow; TensorFlow's own default leaves it off on some CPUs) against
 `TF_ENABLE_ONEDNN_OPTS=0`; separate processes, so not interleaved.
 
-""" + _table(["mode", "oneDNN on (default)", "oneDNN off"], rows)
+""" + _table(["mode", "oneDNN on (axial_tf default)", "oneDNN off"], rows)
 
 
 def _block_section(results):

@@ -25,11 +25,11 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    import tensorflow as tf
-
-    from axial_tf.export import export_model
+    from axial_tf.export import export_model  # axial_tf before TensorFlow: it sets the oneDNN default
     from axial_tf.training.config import ConfigError, load_config
     from axial_tf.training.trainer import Trainer, TrainingDivergedError
+
+    import tensorflow as tf
 
     started = time.time()
     try:
