@@ -163,25 +163,28 @@ def load_baseline_attention_2d(commit=BASELINE_COMMIT):
     return private_module("baseline_axial_attention_2d", two_d).AxialAttention2D
 
 
+def cpu_model():
+    """The processor's model name from /proc/cpuinfo ("unknown" elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown"
+
+
 def versions():
     """Library versions and machine facts for the report header."""
     import keras
     import numpy
     import tensorflow as tf
 
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "numpy": numpy.__version__,
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "memory_gb": round(memory_gb, 1),
         "onednn": _onednn_state(),

@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+from bench_utils import cpu_model
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "demo.json"
 
@@ -46,7 +48,7 @@ def main():
     single = json.loads((single_dir / "metrics.json").read_text())
     result = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "machine": f"{cpu_model()} ({platform.machine()}), {os.cpu_count()} cores",
         "config": "configs/demo/panoptic_shapes.yaml",
         "overrides": args.override,
         "wall_seconds_end_to_end": round(wall),

@@ -246,7 +246,10 @@ Size note for 1025 x 2049 with global span: the first axial stage (stride 2, 513
 attends along 1025-long rows, whose logits would be 513 x 8 x 1025 x 1025 per similarity
 term (4.3 G elements, 17 GB). Global attention therefore loops over chunks of sequences
 (`max_chunk_logits`, 64 Mi elements per term); before that, this size crashed inside
-TensorFlow. A local `span` (e.g. 65) makes the work O(L * span) instead of O(L^2).
+TensorFlow. A local `span` (e.g. 65) makes the work O(L * span) instead of O(L^2). The
+stem's dense convolutions at 513 x 1025 run on row bands (`ConvBN.max_im2col_elements`):
+in one call, oneDNN's im2col buffer would pass 1 GB and it would fall back to its reference
+kernel (on AVX2-only CPUs one call did not finish in 536 s).
 
 """ + _table(["model", "image", "weights", "latency", "working memory", "peak RSS", "status"], rows)
 

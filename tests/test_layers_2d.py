@@ -50,6 +50,50 @@ def test_conv_bn_matches_deeplab_padding(kernel, strides, dilation, size):
     assert y.shape[1] == -(-size // strides)
 
 
+@pytest.mark.parametrize("kernel,strides,dilation,size", [(3, 1, 1, (9, 7)), (3, 2, 1, (9, 7)), (3, 2, 1, (8, 8)),
+                                                         (5, 1, 2, (11, 6)), (3, 1, 1, (1, 5))])
+@pytest.mark.parametrize("use_batch_norm", [True, False])
+def test_conv_bn_row_bands_equal_one_call(kernel, strides, dilation, size, use_batch_norm, monkeypatch):
+    """A convolution over the im2col bound runs on row bands: same outputs and gradients."""
+    band_calls = []
+    convolve_bands = ConvBN._convolve_bands
+    monkeypatch.setattr(ConvBN, "_convolve_bands", lambda self, *a: band_calls.append(a) or convolve_bands(self, *a))
+    whole = ConvBN(4, kernel, strides=strides, dilation_rate=dilation, use_batch_norm=use_batch_norm)
+    # A bound below one output row: every band is a single row (the most bands).
+    banded = ConvBN(4, kernel, strides=strides, dilation_rate=dilation, use_batch_norm=use_batch_norm,
+                    max_im2col_elements=1)
+    x = _image((2, *size, 3))
+    whole.build(x.shape)
+    banded.build(x.shape)
+    banded.set_weights(whole.get_weights())
+    dynamic = tf.function(lambda t: banded(t, training=False), input_signature=[tf.TensorSpec((None, None, None, 3))])
+    expected = np.asarray(whole(x, training=False))
+    np.testing.assert_allclose(np.asarray(banded(x, training=False)), expected, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(dynamic(x)), expected, atol=1e-6)
+
+    def gradients(layer):
+        inputs = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            loss = tf.reduce_sum(tf.sin(layer(inputs, training=True)))
+        return tape.gradient(loss, [inputs, *[v.value for v in layer.trainable_variables]])
+
+    for got, want in zip(gradients(banded), gradients(whole)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+    # Eager, traced (dynamic shape) and gradient calls took the banded path; one output row needs no bands.
+    assert len(band_calls) == (3 if -(-size[0] // strides) > 1 else 1)
+
+
+def test_conv_bn_row_band_plan_and_config():
+    layer = ConvBN(8, 3, strides=2, max_im2col_elements=3 * 9 * 5 * 2)  # 2 output rows of 5 columns
+    y = layer(_image((1, 10, 10, 3)))
+    assert tuple(y.shape) == (1, 5, 5, 8)
+    restored = ConvBN.from_config(layer.get_config())
+    assert restored.max_im2col_elements == 3 * 9 * 5 * 2
+    with pytest.raises(ValueError, match="max_im2col_elements must be positive"):
+        ConvBN(8, 3, max_im2col_elements=0)
+
+
 def test_drop_path_unknown_batch_and_expectation():
     drop = DropPath(keep_prob=0.75, seed=3)
     fn = tf.function(lambda x: drop(x, training=True), input_signature=[tf.TensorSpec([None, 2, 2, 1])])

@@ -3,6 +3,14 @@
 import keras
 from keras import ops
 
+# Bound on `in_channels * k^2 * out_height * out_width` of one convolution call
+# (64 Mi elements, 256 MB as float32 im2col). TensorFlow's oneDNN kernels compute a
+# dense convolution through an im2col buffer and, when it would pass 1 GB, fall back
+# to a reference kernel that is ~50x slower (AVX2 CPUs, a 64 -> 128 3x3 conv at
+# 513 x 1025: minutes instead of seconds). Larger inputs are convolved as a batch
+# of row bands below the bound instead.
+DEFAULT_MAX_IM2COL_ELEMENTS = 2**26
+
 
 def same_padding(kernel_size, dilation_rate):
     """(before, after) zero padding that centres a kernel like DeepLab2's Conv2DSame.
@@ -37,6 +45,9 @@ class ConvBN(keras.layers.Layer):
         sync_batch_norm: synchronised BN across replicas.
         gamma_initializer: BN gamma initializer ("zeros" for the last BN of a
             residual branch, so each block starts as the identity).
+        max_im2col_elements: a dense convolution whose `in_channels * k^2 *
+            out_height * out_width` exceeds this runs on row bands (see
+            `DEFAULT_MAX_IM2COL_ELEMENTS`). It changes speed and memory, never the result.
         **kwargs: standard layer arguments.
 
     Example:
@@ -57,11 +68,14 @@ class ConvBN(keras.layers.Layer):
         batch_norm_epsilon=1e-3,
         sync_batch_norm=False,
         gamma_initializer="ones",
+        max_im2col_elements=DEFAULT_MAX_IM2COL_ELEMENTS,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if strides > 1 and dilation_rate > 1:
             raise ValueError(f"{self.name}: strides={strides} and dilation_rate={dilation_rate} cannot both exceed 1.")
+        if max_im2col_elements < 1:
+            raise ValueError(f"{self.name}: max_im2col_elements must be positive, got {max_im2col_elements}.")
         self.filters = filters
         self.kernel_size = int(kernel_size)
         self.strides = int(strides)
@@ -73,6 +87,7 @@ class ConvBN(keras.layers.Layer):
         self.batch_norm_epsilon = batch_norm_epsilon
         self.sync_batch_norm = sync_batch_norm
         self.gamma_initializer = gamma_initializer
+        self.max_im2col_elements = int(max_im2col_elements)
         self.explicit_padding = self.strides > 1 and self.kernel_size > 1
         conv_args = dict(
             kernel_size=self.kernel_size,
@@ -108,14 +123,48 @@ class ConvBN(keras.layers.Layer):
             self.batch_norm.build(self.conv.compute_output_shape(input_shape))
 
     def call(self, inputs, training=None):
-        x = inputs
-        if self.explicit_padding:
-            before, after = same_padding(self.kernel_size, self.dilation_rate)
-            x = ops.pad(x, ((0, 0), (before, after), (before, after), (0, 0)))
-        x = self.conv(x)
+        x = self._convolve(inputs)
         if self.batch_norm is not None:
             x = self.batch_norm(x, training=training)
         return self.activation_fn(x)
+
+    def _convolve(self, inputs):
+        def whole():  # one call of the Keras layer
+            return self.conv(self._pad(inputs) if self.explicit_padding else inputs)
+
+        if self.depthwise or self.kernel_size == 1:  # no im2col buffer to bound
+            return whole()
+        x = self._pad(inputs)  # [B, H + pad, W + pad, C]
+        effective = self.kernel_size + (self.kernel_size - 1) * (self.dilation_rate - 1)
+        out_rows = (ops.shape(x)[1] - effective) // self.strides + 1
+        out_cols = (ops.shape(x)[2] - effective) // self.strides + 1
+        band = self.max_im2col_elements // (x.shape[-1] * self.kernel_size**2 * out_cols)
+        band = max(band, 1) if isinstance(band, int) else ops.maximum(band, 1)  # output rows per band
+        if isinstance(out_rows, int) and isinstance(band, int):  # static shape: decided now
+            return whole() if band >= out_rows else self._convolve_bands(x, out_rows, band, effective)
+        return ops.cond(band >= out_rows, whole, lambda: self._convolve_bands(x, out_rows, band, effective))
+
+    def _pad(self, x):
+        """Explicit DeepLab2 padding; then the convolution is "valid" (stride 1: same as "same")."""
+        before, after = same_padding(self.kernel_size, self.dilation_rate)
+        return ops.pad(x, ((0, 0), (before, after), (before, after), (0, 0)))
+
+    def _convolve_bands(self, x, out_rows, band, effective):
+        """The "valid" convolution of padded `x` as one call on a batch of overlapping row bands."""
+        batch, _, cols, channels = ops.shape(x)
+        num_bands = (out_rows + band - 1) // band
+        in_rows = (band - 1) * self.strides + effective  # input rows one band of outputs reads
+        needed = (num_bands * band - 1) * self.strides + effective
+        x = ops.pad(x, ((0, 0), (0, ops.maximum(needed - ops.shape(x)[1], 0)), (0, 0), (0, 0)))
+        rows = ops.arange(num_bands)[:, None] * (band * self.strides) + ops.arange(in_rows)[None, :]
+        bands = ops.take(x, rows, axis=1)  # [B, bands, in_rows, W, C]
+        bands = ops.reshape(bands, (batch * num_bands, in_rows, cols, channels))
+        kernel = ops.cast(self.conv.kernel, self.compute_dtype)
+        y = ops.conv(bands, kernel, strides=self.strides, padding="valid", dilation_rate=self.dilation_rate)
+        if self.conv.use_bias:
+            y = y + ops.cast(self.conv.bias, self.compute_dtype)
+        y = ops.reshape(y, (batch, num_bands * band, ops.shape(y)[2], ops.shape(y)[3]))  # [B, rows, W', O]
+        return y[:, :out_rows]
 
     def compute_output_shape(self, input_shape):
         def out(size):
@@ -138,4 +187,5 @@ class ConvBN(keras.layers.Layer):
             "batch_norm_epsilon": self.batch_norm_epsilon,
             "sync_batch_norm": self.sync_batch_norm,
             "gamma_initializer": self.gamma_initializer,
+            "max_im2col_elements": self.max_im2col_elements,
         }
