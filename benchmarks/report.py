@@ -116,8 +116,8 @@ def _layer_section(results, quoted):
         rows.append([
             case, mode, _ms(baseline["median_ms"]) if baseline else "—", _ms(ours), _ms(min(current["times_ms"])),
             f"{baseline['median_ms'] / ours:.2f}x" if baseline else "—",
-            f"{current['gflops_per_s']:.1f}", f"{100 * fraction:.0f}%" if fraction is not None else "—",
-            f"{100 * fraction_alongside:.0f}%" if fraction_alongside is not None else "—",
+            f"{current['gflops_per_s']:.1f}", f"{100 * fraction:.1f}%" if fraction is not None else "—",
+            f"{100 * fraction_alongside:.1f}%" if fraction_alongside is not None else "—",
             _ms(reference) if reference else "—", _ms(torch) if torch else "—",
             "; ".join(checks) or "—",
         ])

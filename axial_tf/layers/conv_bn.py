@@ -24,6 +24,10 @@ def same_padding(kernel_size, dilation_rate):
     return before, effective - 1 - before
 
 
+def _ceil_div(a, b):
+    return -(-a // b) if isinstance(a, int) else (a + b - 1) // b
+
+
 @keras.saving.register_keras_serializable(package="axial_tf")
 class ConvBN(keras.layers.Layer):
     """Bias-free 2-D convolution, batch norm and an optional activation.
@@ -134,24 +138,26 @@ class ConvBN(keras.layers.Layer):
 
         if self.depthwise or self.kernel_size == 1:  # no im2col buffer to bound
             return whole()
-        x = self._pad(inputs)  # [B, H + pad, W + pad, C]
-        effective = self.kernel_size + (self.kernel_size - 1) * (self.dilation_rate - 1)
-        out_rows = (ops.shape(x)[1] - effective) // self.strides + 1
-        out_cols = (ops.shape(x)[2] - effective) // self.strides + 1
-        band = self.max_im2col_elements // (x.shape[-1] * self.kernel_size**2 * out_cols)
+        out_rows, out_cols = (_ceil_div(size, self.strides) for size in ops.shape(inputs)[1:3])
+        band = self.max_im2col_elements // (inputs.shape[-1] * self.kernel_size**2 * out_cols)
         band = max(band, 1) if isinstance(band, int) else ops.maximum(band, 1)  # output rows per band
+
+        def banded():
+            return self._convolve_bands(self._pad(inputs), out_rows, band)
+
         if isinstance(out_rows, int) and isinstance(band, int):  # static shape: decided now
-            return whole() if band >= out_rows else self._convolve_bands(x, out_rows, band, effective)
-        return ops.cond(band >= out_rows, whole, lambda: self._convolve_bands(x, out_rows, band, effective))
+            return whole() if band >= out_rows else banded()
+        return ops.cond(band >= out_rows, whole, banded)
 
     def _pad(self, x):
         """Explicit DeepLab2 padding; then the convolution is "valid" (stride 1: same as "same")."""
         before, after = same_padding(self.kernel_size, self.dilation_rate)
         return ops.pad(x, ((0, 0), (before, after), (before, after), (0, 0)))
 
-    def _convolve_bands(self, x, out_rows, band, effective):
+    def _convolve_bands(self, x, out_rows, band):
         """The "valid" convolution of padded `x` as one call on a batch of overlapping row bands."""
         batch, _, cols, channels = ops.shape(x)
+        effective = self.kernel_size + (self.kernel_size - 1) * (self.dilation_rate - 1)
         num_bands = (out_rows + band - 1) // band
         in_rows = (band - 1) * self.strides + effective  # input rows one band of outputs reads
         needed = (num_bands * band - 1) * self.strides + effective
@@ -168,7 +174,7 @@ class ConvBN(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         def out(size):
-            return None if size is None else -(-size // self.strides)
+            return None if size is None else _ceil_div(size, self.strides)
 
         channels = input_shape[-1] if self.depthwise else self.filters
         return (input_shape[0], out(input_shape[1]), out(input_shape[2]), channels)
