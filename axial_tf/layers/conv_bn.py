@@ -12,6 +12,11 @@ from keras import ops
 DEFAULT_MAX_IM2COL_ELEMENTS = 2**26
 
 
+def effective_kernel_size(kernel_size, dilation_rate):
+    """Input extent one output of a dilated kernel reads: `k + (k - 1) * (dilation - 1)`."""
+    return kernel_size + (kernel_size - 1) * (dilation_rate - 1)
+
+
 def same_padding(kernel_size, dilation_rate):
     """(before, after) zero padding that centres a kernel like DeepLab2's Conv2DSame.
 
@@ -19,13 +24,13 @@ def same_padding(kernel_size, dilation_rate):
     `k_eff = k + (k - 1) * (dilation - 1)`; this keeps feature maps aligned across
     output strides (pixel 0 of every stride sits on input pixel 0).
     """
-    effective = kernel_size + (kernel_size - 1) * (dilation_rate - 1)
+    effective = effective_kernel_size(kernel_size, dilation_rate)
     before = (effective - 1) // 2
     return before, effective - 1 - before
 
 
 def _ceil_div(a, b):
-    return -(-a // b) if isinstance(a, int) else (a + b - 1) // b
+    return -(-a // b) if isinstance(a, int) and isinstance(b, int) else (a + b - 1) // b
 
 
 @keras.saving.register_keras_serializable(package="axial_tf")
@@ -157,8 +162,8 @@ class ConvBN(keras.layers.Layer):
     def _convolve_bands(self, x, out_rows, band):
         """The "valid" convolution of padded `x` as one call on a batch of overlapping row bands."""
         batch, _, cols, channels = ops.shape(x)
-        effective = self.kernel_size + (self.kernel_size - 1) * (self.dilation_rate - 1)
-        num_bands = (out_rows + band - 1) // band
+        effective = effective_kernel_size(self.kernel_size, self.dilation_rate)
+        num_bands = _ceil_div(out_rows, band)
         in_rows = (band - 1) * self.strides + effective  # input rows one band of outputs reads
         needed = (num_bands * band - 1) * self.strides + effective
         x = ops.pad(x, ((0, 0), (0, ops.maximum(needed - ops.shape(x)[1], 0)), (0, 0), (0, 0)))
