@@ -4,6 +4,7 @@ import dataclasses
 import textwrap
 
 import pytest
+from conftest import REPO_ROOT
 
 from axial_tf.training import config as config_lib
 from axial_tf.training.config import ConfigError
@@ -147,6 +148,13 @@ def test_gin_file_gives_the_same_config_as_yaml(experiment_yaml, experiment_gin)
     from_gin = config_lib.load_config(experiment_gin)
     assert from_gin == from_yaml
     assert from_gin != config_lib.ExperimentConfig()
+
+
+def test_shipped_gin_demo_is_the_yaml_demo():
+    demo = REPO_ROOT / "configs" / "demo" / "panoptic_shapes"
+    from_gin = config_lib.load_config(str(demo.with_suffix(".gin")))
+    assert from_gin == config_lib.load_config(str(demo.with_suffix(".yaml")))
+    assert from_gin.model.backbone_overrides["attention"] == {"num_heads": 4}
 
 
 def test_gin_and_yaml_give_the_same_config_after_the_same_overrides(experiment_yaml, experiment_gin):

@@ -51,3 +51,20 @@ def test_cityscapes_configs_follow_deeplab2():
     assert config.evaluation.postprocessing.merge_style == "tf_merge"
     settings = backbone_config(config.model.backbone, **config.model.backbone_overrides)
     assert settings["drop_path_schedule"] == "linear" and settings["drop_path_keep_prob"] == 0.8
+
+
+def test_coco_configs_follow_deeplab2():
+    from axial_tf.training.config import load_config
+
+    folder = REPO_ROOT / "configs" / "coco"
+    for name, backbone in (("axial_deeplab_s_os16", "axial_deeplab_s"), ("axial_deeplab_l_os16", "axial_deeplab_l"),
+                           ("resnet50_os16", "resnet50")):
+        config = load_config(folder / f"{name}.yaml")
+        assert config.model.backbone == backbone
+        assert config.model.num_classes == 133 and config.data.dataset == "coco2017_panoptic"
+        assert config.data.crop_size == [641, 641] and config.training.batch_size == 64
+        assert config.training.steps == 200000 and config.optimizer.learning_rate == 5e-4
+        post = config.evaluation.postprocessing
+        assert (post.nms_kernel, post.stuff_area_limit, post.keep_k_centers) == (41, 4096, 400)
+    resnet = load_config(folder / "resnet50_os16.yaml").model
+    assert not resnet.semantic_decoder.aspp_use_only_1x1_proj and resnet.instance_decoder.decoder_channels == 128

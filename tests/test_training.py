@@ -5,12 +5,14 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import REPO_ROOT
 from training_helpers import (
     TINY_PANOPTIC,
     assert_same_weights,
@@ -82,6 +84,28 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     resumed = run_training(TINY_PANOPTIC, tmp_path / "killed", *overrides)
     assert "Resumed from" in resumed.stdout
     assert_same_weights(checkpoint_weights(tmp_path / "killed"), expected)
+
+
+def test_inter_op_threads_is_applied_before_tensorflow_starts():
+    # In a fresh process: the setting only takes effect before TensorFlow's first op.
+    script = f"""
+import tensorflow as tf
+from axial_tf.training.config import load_config
+from axial_tf.training.trainer import configure_threads
+config = load_config({str(TINY_PANOPTIC)!r}, overrides=["training.inter_op_threads=1"])
+configure_threads(config)
+print("in effect", tf.config.threading.get_inter_op_parallelism_threads())
+tf.constant(1.0) + 1.0
+configure_threads(config)  # unchanged: nothing to do
+try:
+    configure_threads(load_config({str(TINY_PANOPTIC)!r}, overrides=["training.inter_op_threads=2"]))
+except RuntimeError as error:
+    print("refused:", error)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "in effect 1" in result.stdout
+    assert "refused: training.inter_op_threads=2 cannot be applied" in result.stdout
 
 
 def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path):

@@ -28,6 +28,25 @@ class TrainingDivergedError(RuntimeError):
     """A loss became NaN or Inf; the last good checkpoint was kept."""
 
 
+def configure_threads(config):
+    """Applies `training.inter_op_threads`; call before TensorFlow runs its first op.
+
+    Raises:
+        RuntimeError: TensorFlow already started with another setting.
+    """
+    threads = config.training.inter_op_threads
+    if not threads or tf.config.threading.get_inter_op_parallelism_threads() == threads:
+        return
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        raise RuntimeError(
+            f"training.inter_op_threads={threads} cannot be applied: TensorFlow has already started in this "
+            "process. Call axial_tf.training.trainer.configure_threads(config) before anything else runs "
+            "TensorFlow (the tools do), or set TF_NUM_INTEROP_THREADS before starting Python."
+        ) from None
+
+
 def configure_runtime(config):
     """Seeds, op determinism and the Keras dtype policy for a run (call before building models)."""
     keras.utils.set_random_seed(config.training.seed)
@@ -57,6 +76,7 @@ class Trainer:
         self.model_dir = model_dir
         self.strategy = strategy
         self.log = log or (lambda *args, **kwargs: None)
+        configure_threads(config)  # before preparing the dataset runs TensorFlow
         self.task = make_task(config)
         # Seeded after the task: preparing a dataset for the first time may draw random
         # numbers, and the initial weights must not depend on whether it was prepared.
