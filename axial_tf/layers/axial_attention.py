@@ -24,6 +24,7 @@ from keras import ops
 from axial_tf.layers.masked_batch_norm import MaskedBatchNormalization
 from axial_tf.layers.relative_positional_encoding import DEEPLAB2_MAX_SPAN, RelativePositionalEncoding
 from axial_tf.layers.replicas import all_reduce_sum
+from axial_tf.utils.shapes import ceil_div
 
 # Default bound on the logit elements of one similarity term computed at once by
 # global attention (64 Mi floats = 256 MB): large images are processed in chunks of
@@ -67,12 +68,6 @@ def _per_head_total(values):
     return ops.sum(ops.reshape(per_head, (-1, ops.shape(per_head)[-1])), axis=0)
 
 
-def _ceil_div(a, b):
-    if isinstance(a, int) and isinstance(b, int):
-        return -(-a // b)
-    return (a + b - 1) // b
-
-
 def sequence_chunks(count, logits_per_sequence, max_chunk_logits):
     """How `count` sequences split into equal chunks of at most `max_chunk_logits` logits.
 
@@ -87,8 +82,8 @@ def sequence_chunks(count, logits_per_sequence, max_chunk_logits):
     """
     capacity = max_chunk_logits // logits_per_sequence
     capacity = max(capacity, 1) if isinstance(capacity, int) else ops.maximum(capacity, 1)
-    num_chunks = _ceil_div(count, capacity)
-    return num_chunks, _ceil_div(count, num_chunks)
+    num_chunks = ceil_div(count, capacity)
+    return num_chunks, ceil_div(count, num_chunks)
 
 
 @keras.saving.register_keras_serializable(package="axial_tf")
@@ -370,7 +365,7 @@ class AxialAttention(keras.layers.Layer):
         # Keys farther than L - 1 never exist, so clip the flange to the length.
         flange = _minimum((self.span - 1) // 2, length - 1)
         block = _minimum(self.query_block_size or self.span, length)
-        num_blocks = _ceil_div(length, block)
+        num_blocks = ceil_div(length, block)
         padded = num_blocks * block
         key_block = block + 2 * flange
         batch = ops.shape(query)[0]

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from axial_tf.utils.shapes import ceil_div
+
 # Bound on `in_channels * k^2 * out_height * out_width` of one convolution call
 # (64 Mi elements, 256 MB as float32 im2col). TensorFlow's oneDNN kernels compute a
 # dense convolution through an im2col buffer and, when it would pass 1 GB, fall back
@@ -27,10 +29,6 @@ def same_padding(kernel_size, dilation_rate):
     effective = effective_kernel_size(kernel_size, dilation_rate)
     before = (effective - 1) // 2
     return before, effective - 1 - before
-
-
-def _ceil_div(a, b):
-    return -(-a // b) if isinstance(a, int) and isinstance(b, int) else (a + b - 1) // b
 
 
 @keras.saving.register_keras_serializable(package="axial_tf")
@@ -143,7 +141,7 @@ class ConvBN(keras.layers.Layer):
 
         if self.depthwise or self.kernel_size == 1:  # no im2col buffer to bound
             return whole()
-        out_rows, out_cols = (_ceil_div(size, self.strides) for size in ops.shape(inputs)[1:3])
+        out_rows, out_cols = (ceil_div(size, self.strides) for size in ops.shape(inputs)[1:3])
         band = self.max_im2col_elements // (inputs.shape[-1] * self.kernel_size**2 * out_cols)
         band = max(band, 1) if isinstance(band, int) else ops.maximum(band, 1)  # output rows per band
 
@@ -163,7 +161,7 @@ class ConvBN(keras.layers.Layer):
         """The "valid" convolution of padded `x` as one call on a batch of overlapping row bands."""
         batch, _, cols, channels = ops.shape(x)
         effective = effective_kernel_size(self.kernel_size, self.dilation_rate)
-        num_bands = _ceil_div(out_rows, band)
+        num_bands = ceil_div(out_rows, band)
         in_rows = (band - 1) * self.strides + effective  # input rows one band of outputs reads
         needed = (num_bands * band - 1) * self.strides + effective
         x = ops.pad(x, ((0, 0), (0, ops.maximum(needed - ops.shape(x)[1], 0)), (0, 0), (0, 0)))
@@ -179,7 +177,7 @@ class ConvBN(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         def out(size):
-            return None if size is None else _ceil_div(size, self.strides)
+            return None if size is None else ceil_div(size, self.strides)
 
         channels = input_shape[-1] if self.depthwise else self.filters
         return (input_shape[0], out(input_shape[1]), out(input_shape[2]), channels)
