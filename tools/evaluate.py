@@ -35,7 +35,7 @@ def main(argv):
     from axial_tf.export.loading import restore_weights
     from axial_tf.training.config import ConfigError, load_config
     from axial_tf.training.strategies import get_strategy
-    from axial_tf.training.trainer import Trainer, configure_threads
+    from axial_tf.training.trainer import Trainer
 
     if not FLAGS.config or bool(FLAGS.model_dir) == bool(FLAGS.checkpoint):
         raise app.UsageError("Give --config and exactly one of --model_dir and --checkpoint.")
@@ -43,7 +43,6 @@ def main(argv):
         config = load_config(FLAGS.config, overrides=FLAGS.override)
         model_dir = FLAGS.model_dir or os.path.dirname(os.path.abspath(FLAGS.checkpoint))
         output_dir = FLAGS.output_dir or os.path.join(model_dir, "eval")
-        configure_threads(config)  # before the strategy starts TensorFlow
         trainer = Trainer(config, model_dir, get_strategy(FLAGS.strategy or config.training.strategy))
         # The optimizer holds the step, which the metrics and summaries are logged at.
         source = restore_weights(trainer.model, FLAGS.checkpoint or FLAGS.model_dir, config,

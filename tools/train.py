@@ -30,9 +30,8 @@ FLAGS = flags.FLAGS
 def run(config, model_dir, mode, strategy_name, tpu=None, log=print):
     """Runs `mode` for a loaded config; returns the last metrics or losses."""
     from axial_tf.training.strategies import get_strategy
-    from axial_tf.training.trainer import Trainer, configure_threads
+    from axial_tf.training.trainer import Trainer
 
-    configure_threads(config)  # before the strategy starts TensorFlow
     strategy = get_strategy(strategy_name or config.training.strategy, tpu)
     trainer = Trainer(config, model_dir, strategy, log=log)
     if mode == "train":

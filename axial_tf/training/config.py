@@ -274,11 +274,9 @@ class TrainingConfig:
         jit_compile: Compile the train step with XLA.
         remat: Recompute activations in the backward pass to save memory.
         seed: Seed of weights, data order and augmentation.
-        deterministic: Enable deterministic TF ops (needed for exact resume).
-        inter_op_threads: How many TensorFlow ops may run at the same time
-            (0: TensorFlow's default, one per core). 1 keeps long runs and their
-            resumes bit-exact: ops running side by side change the round-off of
-            the backward pass (BUILD_NOTES.md). Costs the demo 6% per step on 2 cores.
+        deterministic: Deterministic TF ops, and gradient sums in a fixed order
+            (Grappler's memory optimizer off for the train step); needed for
+            bit-exact runs and resumes.
         strategy: tf.distribute strategy.
         sync_batch_norm: Synchronise batch-norm statistics across replicas.
         init_checkpoint: Checkpoint to initialise from (partial restore) when
@@ -298,7 +296,6 @@ class TrainingConfig:
     remat: bool = False
     seed: int = _field(0, ge=0)
     deterministic: bool = True
-    inter_op_threads: int = _field(0, ge=0)
     strategy: Literal["default", "mirrored", "multi_worker_mirrored", "tpu"] = "default"
     sync_batch_norm: bool = True
     init_checkpoint: Optional[str] = None

@@ -15,6 +15,8 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+from tensorflow.python.eager import context
 
 from axial_tf.losses import check_finite
 from axial_tf.training.config import save_config
@@ -28,23 +30,20 @@ class TrainingDivergedError(RuntimeError):
     """A loss became NaN or Inf; the last good checkpoint was kept."""
 
 
-def configure_threads(config):
-    """Applies `training.inter_op_threads`; call before TensorFlow runs its first op.
+def keep_gradient_sums_in_order():
+    """Makes tf.function calls on this thread keep every AddN an AddN (Grappler memory optimizer off).
 
-    Raises:
-        RuntimeError: TensorFlow already started with another setting.
+    A tensor read by three or more ops gets its gradient from an AddN. When Grappler's static
+    estimate of a graph's peak memory passes 80% of the device's memory (a CPU device reports
+    256 MB, so any real training step qualifies), its memory optimizer rewrites such an AddN into
+    a temporary variable that each term is added to as soon as it is ready. The order of those
+    additions, and so the round-off, then follows thread timing: two runs with the same seed
+    and op determinism drifted apart within a few steps while another job shared the CPU.
     """
-    threads = config.training.inter_op_threads
-    if not threads or tf.config.threading.get_inter_op_parallelism_threads() == threads:
-        return
-    try:
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:
-        raise RuntimeError(
-            f"training.inter_op_threads={threads} cannot be applied: TensorFlow has already started in this "
-            "process. Call axial_tf.training.trainer.configure_threads(config) before anything else runs "
-            "TensorFlow (the tools do), or set TF_NUM_INTEROP_THREADS before starting Python."
-        ) from None
+    call_options = context.context().function_call_options  # per thread
+    config = config_pb2.ConfigProto.FromString(call_options.config_proto_serialized)
+    config.graph_options.rewrite_options.memory_optimization = rewriter_config_pb2.RewriterConfig.NO_MEM_OPT
+    call_options.config_proto_serialized = config
 
 
 def configure_runtime(config):
@@ -76,7 +75,6 @@ class Trainer:
         self.model_dir = model_dir
         self.strategy = strategy
         self.log = log or (lambda *args, **kwargs: None)
-        configure_threads(config)  # before preparing the dataset runs TensorFlow
         self.task = make_task(config)
         # Seeded after the task: preparing a dataset for the first time may draw random
         # numbers, and the initial weights must not depend on whether it was prepared.
@@ -212,6 +210,8 @@ class Trainer:
             save_config(self.config, self.model_dir)
         if self._train_step is None:
             self._train_step = self._build_train_step()
+        if t.deterministic:
+            keep_gradient_sums_in_order()  # here: it applies to the calling thread only
         writer = _summary_writer(os.path.join(self.model_dir, "train"), self.is_chief)
         progress = ProgressBar(total_steps, start=self.step, log=self.log, batch_size=t.batch_size)
         losses = {}
