@@ -1,11 +1,13 @@
 """AxialAttention's fast paths against a plain, literal implementation of the same math.
 
 The layer folds the similarity batch norm into per-head scales of q and k, takes
-the global-attention batch statistics from second-moment matrices instead of the
-logits, and drops BN shifts that cancel in the softmax. The plain path here does
-none of that: it materialises the three similarity products, runs the layer's
-own similarity BN sublayer on them and sums. Outputs, gradients (input and
-every weight) and the moving statistics after a training step must agree.
+the global-attention batch statistics from second-moment matrices (or from the
+products themselves), drops BN shifts that cancel in the softmax and runs its qkv
+and output batch norms as fused kernels. The plain path here does none of that: it
+materialises the three similarity products, normalises them with the layer's
+similarity BN sublayer, sums, and runs Keras' unfused batch norm (with the layer's
+variables) on qkv and the output. Outputs, gradients (input and every weight) and
+the moving statistics after a training step must agree.
 """
 
 import numpy as np
@@ -15,15 +17,20 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from axial_tf.layers import AxialAttention
+from axial_tf.layers import AxialAttention, axial_attention
 
 HEADS, KEY_DEPTH, VALUE_DEPTH, CHANNELS, LENGTH = 2, 8, 12, 6, 9
+
+
+def _keras_batch_norm(norm, inputs, training):
+    """Keras' own (unfused) batch norm with the variables of `norm`."""
+    return keras.layers.BatchNormalization.call(norm, inputs, training=training)
 
 
 def _plain_attention(layer, inputs, training):
     """Literal position-sensitive attention with full [L, L] logits (band mask for a local span)."""
     batch, length = inputs.shape[0], inputs.shape[1]
-    qkv = layer.batch_norm_qkv(ops.matmul(inputs, layer.qkv_kernel), training=training)
+    qkv = _keras_batch_norm(layer.batch_norm_qkv, ops.matmul(inputs, layer.qkv_kernel), training)
     dk, heads = layer.total_key_depth, layer.num_heads
     query = ops.reshape(qkv[..., :dk], (batch, length, heads, -1))
     key = ops.reshape(qkv[..., dk : 2 * dk], (batch, length, heads, -1))
@@ -50,7 +57,7 @@ def _plain_attention(layer, inputs, training):
     if layer.retrieve_value_rpe:
         retrieved.append(ops.einsum("nhlm,lmd->nlhd", weights, layer.value_rpe.table(length, length)))
     retrieved = ops.reshape(ops.stack(retrieved, axis=2), (batch, length, -1))
-    retrieved = layer.batch_norm_retrieved_output(retrieved, training=training)
+    retrieved = _keras_batch_norm(layer.batch_norm_retrieved_output, retrieved, training)
     return ops.sum(ops.reshape(retrieved, (batch, length, layer.num_retrieval_terms, -1)), axis=2)
 
 
@@ -90,13 +97,21 @@ def _fast(layer, inputs, training):
     return layer(inputs, training=training)
 
 
-@pytest.mark.parametrize("span", [None, 5])
+# Global attention takes training statistics from moment matrices or from the products,
+# depending on dk^2 / L: both ways are forced here (the threshold only picks the faster).
+@pytest.mark.parametrize(
+    "span, moment_threshold",
+    [(None, 10**9), (None, 0), (5, None)],
+    ids=["global-moment-matrices", "global-product-statistics", "local"],
+)
 @pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize(
     "switches",
     [{}, dict(use_content_similarity=False), dict(use_key_rpe_similarity=False, retrieve_value_rpe=False)],
 )
-def test_fast_path_matches_plain_path(span, training, switches):
+def test_fast_path_matches_plain_path(span, moment_threshold, training, switches, monkeypatch):
+    if moment_threshold is not None:
+        monkeypatch.setattr(axial_attention, "MOMENT_MATRICES_MAX_DEPTH_SQUARED_PER_POSITION", moment_threshold)
     fast, plain = _twin_layers(span, **switches)
     inputs = np.random.default_rng(1).normal(size=(3, LENGTH, CHANNELS)).astype("float32")
     fast_out, fast_grads = _outputs_and_gradients(fast, _fast, inputs, training)

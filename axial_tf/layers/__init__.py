@@ -5,6 +5,7 @@ from axial_tf.layers.axial_attention_2d import AxialAttention2D
 from axial_tf.layers.axial_block import AxialBlock
 from axial_tf.layers.conv_bn import ConvBN, same_padding
 from axial_tf.layers.drop_path import DropPath
+from axial_tf.layers.fused_batch_norm import FusedBatchNormalization
 from axial_tf.layers.masked_batch_norm import MaskedBatchNormalization
 from axial_tf.layers.relative_positional_encoding import RelativePositionalEncoding
 from axial_tf.layers.resize import resize_bilinear_align_corners
@@ -17,6 +18,7 @@ __all__ = [
     "AxialBlock",
     "ConvBN",
     "DropPath",
+    "FusedBatchNormalization",
     "MaskedBatchNormalization",
     "RelativePositionalEncoding",
     "ResizedFuse",

@@ -21,6 +21,7 @@ import itertools
 import keras
 from keras import ops
 
+from axial_tf.layers.fused_batch_norm import FusedBatchNormalization
 from axial_tf.layers.masked_batch_norm import MaskedBatchNormalization
 from axial_tf.layers.relative_positional_encoding import DEEPLAB2_MAX_SPAN, RelativePositionalEncoding
 from axial_tf.layers.replicas import all_reduce_sum
@@ -35,6 +36,13 @@ DEFAULT_MAX_CHUNK_LOGITS = 2**26
 # Logits of masked (query, key) pairs. Finite so that a row with no valid key (a
 # padding row, discarded afterwards) yields uniform weights instead of NaN.
 _MASKED_LOGIT = -1e9
+
+# Global attention in training takes the similarity BN's batch statistics from [d, d]
+# second-moment matrices when dk^2 < this * L, and from the products themselves
+# otherwise: the moment matrices cost O(L d^2) per sequence and head in small batched
+# matmuls, the direct statistics a few elementwise passes over the O(L^2) products.
+# Measured break-even (training, 8 heads, 2 threads): dk = 16 at L = 33 (BUILD_NOTES.md).
+MOMENT_MATRICES_MAX_DEPTH_SQUARED_PER_POSITION = 8
 
 
 def _minimum(a, b):
@@ -195,14 +203,14 @@ class AxialAttention(keras.layers.Layer):
         self.value_depth_per_head = self.total_value_depth // self.num_heads
 
         bn_args = dict(momentum=batch_norm_momentum, epsilon=batch_norm_epsilon, synchronized=sync_batch_norm)
-        self.batch_norm_qkv = keras.layers.BatchNormalization(axis=-1, name="batch_norm_qkv", **bn_args)
+        self.batch_norm_qkv = FusedBatchNormalization(axis=-1, name="batch_norm_qkv", **bn_args)
         # Similarity BN runs in float32 (dtype policy) so the softmax gets float32 logits
         # under mixed precision. Channels: term * num_heads + head on axis 1.
         self.batch_norm_similarity = MaskedBatchNormalization(
             axis=1, name="batch_norm_similarity", dtype="float32", **bn_args
         )
         # Channels: term * total_value_depth + head * value_depth_per_head + channel.
-        self.batch_norm_retrieved_output = keras.layers.BatchNormalization(
+        self.batch_norm_retrieved_output = FusedBatchNormalization(
             axis=-1, name="batch_norm_retrieved_output", **bn_args
         )
         rpe_args = dict(max_span=self.max_span, initializer_stddev=rpe_initializer_stddev)
@@ -263,8 +271,14 @@ class AxialAttention(keras.layers.Layer):
             # Each term is scaled, the shifts add up: no stacked [N, L, terms * Dv] tensor.
             term_scales = [ops.reshape(s, (heads, -1)) for s in ops.split(scale, terms)]
             output_shift = ops.cast(_sum(ops.split(shift, terms)), self.compute_dtype)
+        # Three matmuls on the split kernel rather than a split of the [N, L, 2Dk + Dv]
+        # product: no pass over the activations (and none for its gradient).
+        split_points = [dk, 2 * dk]
         if training and self.batch_norm_qkv.trainable:
-            qkv = self.batch_norm_qkv(ops.matmul(inputs, self.qkv_kernel), training=training)
+            kernels = ops.split(self.qkv_kernel, split_points, axis=-1)
+            query, key, value = self.batch_norm_qkv.normalize_channel_groups(
+                [ops.matmul(inputs, kernel) for kernel in kernels], training=training
+            )
         else:
             kernel_scale, qkv_shift = _moving_affine(self.batch_norm_qkv)  # [2Dk + Dv]
             if term_scales is not None and self.retrieve_value_content:
@@ -272,54 +286,61 @@ class AxialAttention(keras.layers.Layer):
                 value_scale = ops.concatenate([ops.ones((2 * dk,)), ops.reshape(term_scales[0], (-1,))])
                 kernel_scale, qkv_shift = kernel_scale * value_scale, qkv_shift * value_scale
                 term_scales[0] = None
-            kernel = ops.cast(ops.cast(self.qkv_kernel, "float32") * kernel_scale, self.compute_dtype)
-            qkv = ops.matmul(inputs, kernel) + ops.cast(qkv_shift, self.compute_dtype)
-        # split (not slicing): its gradient is one concatenation, not three padded copies.
-        query, key, value = ops.split(qkv, [dk, 2 * dk], axis=-1)  # of [N, L, 2Dk + Dv]
+            kernels = ops.split(ops.cast(self.qkv_kernel, "float32") * kernel_scale, split_points, axis=-1)
+            shifts = ops.split(ops.cast(qkv_shift, self.compute_dtype), split_points)
+            query, key, value = (
+                ops.matmul(inputs, ops.cast(kernel, self.compute_dtype)) + shift
+                for kernel, shift in zip(kernels, shifts)
+            )
         query = ops.reshape(query, (batch, length, heads, self.key_depth_per_head))
         key = ops.reshape(key, (batch, length, heads, self.key_depth_per_head))
         value = ops.reshape(value, (batch, length, heads, self.value_depth_per_head))
 
         attend = self._attend_global if self.span is None else self._attend_local
-        retrieved = attend(query, key, value, length, training, term_scales)
-        if term_scales is not None:  # [N, L, heads, dv]: the normalised terms, summed
-            return ops.reshape(retrieved, (batch, length, dv)) + output_shift
-        # retrieved: [N, L, terms, heads, dv] -> one BN channel per (term, head, channel).
-        retrieved = ops.reshape(retrieved, (batch, length, terms * dv))
-        retrieved = self.batch_norm_retrieved_output(retrieved, training=training)
-        retrieved = ops.reshape(retrieved, (batch, length, terms, dv))
-        return ops.sum(retrieved, axis=2)  # [N, L, Dv]
-
-    def _retrieved_shape(self, term_scales):
-        """Per-position shape of the retrieval: `[terms, heads, dv]`, or `[heads, dv]` once summed."""
-        summed = () if term_scales is not None else (self.num_retrieval_terms,)
-        return (*summed, self.num_heads, self.value_depth_per_head)
+        retrieved = attend(query, key, value, length, training, term_scales)  # of [N, L, heads, dv]
+        retrieved = [ops.reshape(t, (batch, length, dv)) for t in retrieved]
+        if term_scales is not None:  # the normalised terms, already summed
+            return retrieved[0] + output_shift
+        # One BN channel per (term, head, channel): each term normalised with its channels.
+        return _sum(self.batch_norm_retrieved_output.normalize_channel_groups(retrieved, training=training))
 
     def _attend_global(self, query, key, value, length, training, term_scales):
         """Global attention, in chunks of sequences when the logits would be too large."""
         lengths = (length, length, 0)
         one_block = lambda t: ops.expand_dims(t, 1)  # noqa: E731  [N, 1, L, heads, d]
-        layouts = None
-        if training and self.batch_norm_similarity.trainable:
-            # Batch statistics over all sequences (cheap, see below), so chunks share them.
-            layouts = self._query_key_layouts(one_block(query), one_block(key))
-            scales = self._batch_similarity_scales(*self._global_similarity_moments(*layouts, *lengths))
-        else:
+        logits_per_sequence = self.num_heads * length * length
+        count = ops.shape(query)[0]
+        one_chunk = (
+            isinstance(count, int) and isinstance(length, int) and count * logits_per_sequence <= self.max_chunk_logits
+        )
+        layouts = scales = None
+        if not (training and self.batch_norm_similarity.trainable):
             scales = self._similarity_scales(self.batch_norm_similarity.moving_variance)
+        else:
+            layouts = self._query_key_layouts(one_block(query), one_block(key))
+            few_positions = self.key_depth_per_head**2 >= MOMENT_MATRICES_MAX_DEPTH_SQUARED_PER_POSITION * length
+            if not (one_chunk and few_positions):
+                # Batch statistics over all sequences (cheap, see below), so chunks share them.
+                scales = self._batch_similarity_scales(*self._global_similarity_moments(*layouts, *lengths))
 
-        def attend(sequences, layouts=None):  # ([n, L, heads, d] q, k, v) -> [n, L, (terms,) heads, dv]
+        def attend(sequences, layouts=None):  # ([n, L, heads, d] q, k, v) -> list of [n, L, heads, dv]
             query, key, value = (one_block(t) for t in sequences)
             if layouts is None:
                 layouts = self._query_key_layouts(query, key)
-            logits = self._folded_logits(*layouts, lengths, scales)  # [n, 1, heads, L, L]
-            return ops.squeeze(self._retrieve_softmax(logits, value, lengths, None, term_scales), axis=1)
+            if scales is None:  # statistics of the products themselves (one chunk only)
+                logits = self._logits_with_batch_statistics(layouts, lengths, None)
+            else:
+                logits = self._folded_logits(*layouts, lengths, scales)  # [n, 1, heads, L, L]
+            return [ops.squeeze(t, axis=1) for t in self._retrieve_softmax(logits, value, lengths, None, term_scales)]
 
-        logits_per_sequence = self.num_heads * length * length
-        count = ops.shape(query)[0]
-        if isinstance(count, int) and isinstance(length, int) and count * logits_per_sequence <= self.max_chunk_logits:
-            return attend((query, key, value), layouts)  # one chunk: reuse the transposed q and k
-        output_shape = (length, *self._retrieved_shape(term_scales))
-        return self._map_sequence_chunks(attend, (query, key, value), output_shape, logits_per_sequence)
+        if one_chunk:
+            return attend((query, key, value), layouts)  # reuses the transposed q and k
+        # The chunk loop maps tensors to one tensor: the retrieved parts travel side by side.
+        parts = 1 if term_scales is not None else self.num_retrieval_terms
+        output_shape = (length, self.num_heads, parts * self.value_depth_per_head)
+        side_by_side = lambda sequences: ops.concatenate(attend(sequences), axis=-1)  # noqa: E731
+        outputs = self._map_sequence_chunks(side_by_side, (query, key, value), output_shape, logits_per_sequence)
+        return ops.split(outputs, parts, axis=-1)
 
     def _map_sequence_chunks(self, attend, sequences, output_shape, logits_per_sequence):
         """`attend` chunk by chunk, so that no chunk's logits exceed `max_chunk_logits`.
@@ -394,11 +415,11 @@ class AxialAttention(keras.layers.Layer):
             to_query_blocks(query), to_key_blocks(key), lengths, valid_pair, training
         )  # [N, blocks, heads, block, key_block]
         retrieved = self._retrieve_softmax(logits, to_key_blocks(value), lengths, valid, term_scales)
-        # retrieved: [N, blocks, block, (terms,) heads, dv]
-        retrieved = ops.reshape(retrieved, (batch, padded, *self._retrieved_shape(term_scales)))
-        # Drop the padding queries (no slice when there are none: its gradient is a full copy).
+        # Each of [N, blocks, block, heads, dv] -> [N, L, heads, dv], without the padding queries
+        # (no slice when there are none: its gradient is a full copy).
         no_padding = isinstance(length, int) and padded == length
-        return retrieved if no_padding else retrieved[:, :length]
+        retrieved = [ops.reshape(t, (batch, padded, self.num_heads, self.value_depth_per_head)) for t in retrieved]
+        return retrieved if no_padding else [t[:, :length] for t in retrieved]
 
     def _retrieve_softmax(self, logits, value, lengths, mask, term_scales):
         """Softmax over the keys, then retrieval of values and value encodings.
@@ -418,16 +439,16 @@ class AxialAttention(keras.layers.Layer):
                 per retrieval term, which are then scaled and summed.
 
         Returns:
-            `[N, X, Lq, terms, heads, dv]` retrieved outputs (before their BN), or
-            `[N, X, Lq, heads, dv]`, their scaled sum.
+            A list of `[N, X, Lq, heads, dv]` tensors: one per retrieval term (before
+            their BN), or only their scaled sum.
         """
         if mask is not None:
             logits = ops.where(mask[:, None], logits, _MASKED_LOGIT)
         weights = ops.cast(ops.softmax(logits, axis=-1), self.compute_dtype)
         retrieved = self._retrieve(weights, value, lengths)
         if term_scales is None:
-            return ops.stack(retrieved, axis=3)
-        return _sum([t if s is None else t * ops.cast(s, t.dtype) for t, s in zip(retrieved, term_scales)])
+            return retrieved
+        return [_sum([t if s is None else t * ops.cast(s, t.dtype) for t, s in zip(retrieved, term_scales)])]
 
     def _local_similarity_logits(self, query, key, lengths, valid_pair, training):
         """Sum of the batch-normalised similarity terms of local blocks, float32 `[N, X, heads, Lq, Lk]`.
@@ -441,8 +462,21 @@ class AxialAttention(keras.layers.Layer):
         if not (training and self.batch_norm_similarity.trainable):
             scales = self._similarity_scales(self.batch_norm_similarity.moving_variance)
             return self._folded_logits(*layouts, lengths, scales)
+        return self._logits_with_batch_statistics(layouts, lengths, valid_pair)
+
+    def _logits_with_batch_statistics(self, layouts, lengths, valid_pair):
+        """Training logits: the products, scaled by the BN scales of their batch statistics.
+
+        Args:
+            layouts: `_query_key_layouts` of the queries and keys.
+            lengths: (Lq, Lk, position of key 0 relative to query 0 within a block).
+            valid_pair: `None` (every pair counts), or `[X, Lq, Lk]` booleans.
+
+        Returns:
+            float32 `[N, X, heads, Lq, Lk]` logits.
+        """
         terms = [ops.cast(term, "float32") for term in self._similarity_terms(*layouts, *lengths)]
-        moments = [self._masked_similarity_moments(term, valid_pair) for term in terms]
+        moments = [self._similarity_term_moments(term, valid_pair) for term in terms]
         scales = self._batch_similarity_scales(
             ops.concatenate([mean for mean, _ in moments], axis=0),
             ops.concatenate([variance for _, variance in moments], axis=0),
@@ -610,31 +644,37 @@ class AxialAttention(keras.layers.Layer):
         mean = sums / count
         return mean, ops.maximum(squares / count - ops.square(mean), 0.0)
 
-    def _masked_similarity_moments(self, term, valid):
+    def _similarity_term_moments(self, term, valid):
         """Per-head mean and variance of one `[N, X, heads, Lq, Lk]` term over valid pairs.
 
         Args:
             term: float32 similarity product.
-            valid: `[X, Lq, Lk]` booleans, True where a (query, key) pair counts.
+            valid: `None` (all pairs count), or `[X, Lq, Lk]` booleans, True where a
+                (query, key) pair counts.
 
         Returns:
             (mean, variance), each `[heads]`.
         """
-        weights = ops.cast(valid, term.dtype)[:, None]  # [X, 1, Lq, Lk]
-        count = ops.cast(ops.shape(term)[0], term.dtype) * ops.sum(weights)
+        if valid is None:
+            weighted = lambda values: values  # noqa: E731
+            count = ops.cast(ops.size(term) // self.num_heads, term.dtype)
+        else:
+            weights = ops.cast(valid, term.dtype)[:, None]  # [X, 1, Lq, Lk]
+            weighted = lambda values: values * weights  # noqa: E731
+            count = ops.cast(ops.shape(term)[0], term.dtype) * ops.sum(weights)
 
         def per_head_sum(values):  # [N, X, h, Lq, Lk] -> [h]; contiguous inner reduction first
             return ops.sum(ops.sum(values, axis=(3, 4)), axis=(0, 1))
 
         if self.sync_batch_norm:
             count, total, squares = all_reduce_sum(
-                [count, per_head_sum(term * weights), per_head_sum(ops.square(term) * weights)]
+                [count, per_head_sum(weighted(term)), per_head_sum(weighted(ops.square(term)))]
             )
             mean = total / count
             return mean, ops.maximum(squares / count - ops.square(mean), 0.0)
-        mean = per_head_sum(term * weights) / count
+        mean = per_head_sum(weighted(term)) / count
         # The mean broadcasts over leading axes only, so its gradient is a fast reduction.
-        centred = (term - ops.broadcast_to(mean[:, None, None], ops.shape(term)[2:])) * weights
+        centred = weighted(term - ops.broadcast_to(mean[:, None, None], ops.shape(term)[2:]))
         return mean, per_head_sum(ops.square(centred)) / count
 
     def compute_output_shape(self, input_shape):
