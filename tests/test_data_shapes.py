@@ -36,6 +36,24 @@ def test_tiny_builds_offline_with_both_splits(tiny_builder):
     assert tiny_builder.info.splits["validation"].num_examples == 8
 
 
+def test_builder_made_before_another_process_prepared_the_records_reads_them(tmp_path):
+    early = data.get_builder("panoptic_shapes", data_dir=str(tmp_path), config="tiny")
+    _build(tmp_path)  # stands for another process (e.g. a second worker) preparing first
+    assert len(_numpy_records(data.prepare(early), "validation")) == 8
+
+
+def test_losing_a_concurrent_preparation_uses_the_winner_records(tmp_path):
+    loser = data.get_builder("panoptic_shapes", data_dir=str(tmp_path), config="tiny")
+
+    def prepared_meanwhile(**_):
+        # While this builder generated, another process moved its finished folder into place.
+        _build(tmp_path)
+        raise FileExistsError(f"Cannot rename ...: destination {loser.data_dir} already exists.")
+
+    loser.download_and_prepare = prepared_meanwhile
+    assert len(_numpy_records(data.prepare(loser), "train")) == 24
+
+
 def test_record_shapes_and_dtypes(tiny_builder):
     spec = data.read_split(tiny_builder, "train").element_spec
     assert spec["image"] == tf.TensorSpec([None, None, 3], tf.uint8)

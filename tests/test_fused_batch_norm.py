@@ -78,15 +78,62 @@ def test_channel_groups_match_one_call_on_the_concatenation():
         (dict(), (16, 6), False),
         (dict(epsilon=1e-6), (16, 6), True),  # below the fused kernel's epsilon floor
         (dict(axis=1), (4, 6, 3), True),  # channels not last
-        (dict(synchronized=True), (16, 6), True),
     ],
-    ids=["inference", "tiny-epsilon", "channels-first", "synchronized"],
+    ids=["inference", "tiny-epsilon", "channels-first"],
 )
 def test_other_uses_are_keras_batch_norm(kwargs, shape, training):
     keras_norm, fused = _twins(shape, **kwargs)
     inputs = np.random.default_rng(3).normal(size=shape).astype("float32")
     assert "FusedBatchNormV3" not in _graph_op_types(fused, shape, training)
     _assert_steps_close(_step(keras_norm, inputs, training), _step(fused, inputs, training), atol=1e-6)
+
+
+def test_synchronized_with_one_replica_is_fused():
+    keras_norm, fused = _twins((16, 6), synchronized=True)
+    inputs = np.random.default_rng(5).normal(size=(16, 6)).astype("float32")
+    assert "FusedBatchNormV3" in _graph_op_types(fused, (16, 6), True)
+    _assert_steps_close(_step(keras_norm, inputs, True), _step(fused, inputs, True))
+
+
+# Logical CPU devices must be configured before TensorFlow initialises, hence a subprocess.
+_TWO_REPLICAS_SCRIPT = """
+import json
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from axial_tf.layers import FusedBatchNormalization
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    norms = [cls(synchronized=True, momentum=0.5) for cls in (keras.layers.BatchNormalization, FusedBatchNormalization)]
+    for norm in norms:
+        norm.build((8, 3))
+batches = [np.random.default_rng(i).normal(3.0 * i, 1.0 + i, (8, 3)).astype("float32") for i in range(2)]
+inputs = strategy.experimental_distribute_values_from_function(lambda context: batches[context.replica_id_in_sync_group])
+results = {}
+for name, norm in zip(["keras", "fused"], norms):
+    step = tf.function(lambda x: strategy.run(lambda v: norm(v, training=True), args=(x,)))
+    outputs = strategy.experimental_local_results(step(inputs))
+    results[name] = [np.concatenate([o.numpy() for o in outputs]).tolist(), norm.moving_mean.numpy().tolist()]
+print("RESULT", json.dumps(results))
+"""
+
+
+def test_synchronized_over_two_replicas_uses_global_statistics():
+    import json
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _TWO_REPLICAS_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.split("RESULT", 1)[1])
+    for keras_value, fused_value in zip(result["keras"], result["fused"]):
+        np.testing.assert_allclose(fused_value, keras_value, atol=1e-5)
+    # Global statistics: the two replicas' batches (means 0 and 3) are normalised together.
+    outputs = np.asarray(result["fused"][0])
+    assert outputs[:8].mean() < -0.5 < 0.5 < outputs[8:].mean()
 
 
 def test_mixed_precision_keeps_compute_dtype():

@@ -132,17 +132,25 @@ def prepare(builder, manual_dir=None):
     Raises:
         FileNotFoundError: If a manual-dir dataset's sources are missing.
     """
-    if builder.is_prepared():
-        return builder
-    if builder.name == IMAGENET_NAME:
-        classification.check_imagenet_manual_dir(manual_dir)
-    elif builder.uses_manual_dir() and manual_dir is None:
-        raise FileNotFoundError(
-            f"{builder.name} is built from a manual download directory; pass manual_dir.\n"
-            f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
-        )
-    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
-    builder.download_and_prepare(download_config=download_config)
+    if not builder.is_prepared():
+        if builder.name == IMAGENET_NAME:
+            classification.check_imagenet_manual_dir(manual_dir)
+        elif builder.uses_manual_dir() and manual_dir is None:
+            raise FileNotFoundError(
+                f"{builder.name} is built from a manual download directory; pass manual_dir.\n"
+                f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+            )
+        download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+        try:
+            builder.download_and_prepare(download_config=download_config)
+        except FileExistsError:
+            # Another process (e.g. a second worker on this machine) finished the same records
+            # first. TFDS moves a finished folder into place with one rename, so it is complete.
+            if not builder.is_prepared():
+                raise
+    if not builder.info.splits:
+        # The builder was made before another process wrote the records: read their metadata.
+        builder.info.read_from_directory(builder.data_dir)
     return builder
 
 

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from axial_tf.layers.fused_batch_norm import FusedBatchNormalization
 from axial_tf.utils.shapes import ceil_div
 
 # Bound on `in_channels * k^2 * out_height * out_width` of one convolution call
@@ -111,7 +112,7 @@ class ConvBN(keras.layers.Layer):
         else:
             self.conv = keras.layers.Conv2D(filters, kernel_initializer="he_normal", **conv_args)
         self.batch_norm = (
-            keras.layers.BatchNormalization(
+            FusedBatchNormalization(
                 momentum=batch_norm_momentum,
                 epsilon=batch_norm_epsilon,
                 synchronized=sync_batch_norm,

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from axial_tf.layers.replicas import replica_position
+
 # FusedBatchNormV3 raises epsilon to this floor; smaller epsilons take Keras' path.
 _FUSED_MIN_EPSILON = 1.001e-5
 
@@ -16,10 +18,10 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     `FusedBatchNormV3` (oneDNN's kernel when oneDNN is on) does the forward and the
     backward in one op each, about half the time at the projection shapes of
     axial-attention (BUILD_NOTES.md, "Speed"). The fused path is taken in
-    training for channels-last, unmasked, unsynchronised, non-renorm use on the
-    TensorFlow backend; everything else, and inference, is Keras' own code. Same
-    variables, same moving-average update (with the biased batch variance, as
-    Keras), results equal to float rounding.
+    training for channels-last, unmasked, non-renorm use on the TensorFlow backend,
+    unless statistics are synchronised over several replicas; everything else, and
+    inference, is Keras' own code. Same variables, same moving-average update (with
+    the biased batch variance, as Keras), results equal to float rounding.
 
     Args:
         **kwargs: `keras.layers.BatchNormalization` arguments.
@@ -39,7 +41,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             training
             and self.trainable
             and keras.backend.backend() == "tensorflow"
-            and not (self.synchronized or self.renorm)
+            and not self.renorm
+            # Synchronised statistics need an all-reduce, unless there is one replica.
+            and (not self.synchronized or replica_position()[0] == 1)
             and self.epsilon >= _FUSED_MIN_EPSILON
             and self.scale
             and self.center
