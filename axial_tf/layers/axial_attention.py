@@ -2,11 +2,17 @@
 
 How it is made fast on CPU without changing the math (see BENCHMARKS.md):
   * The similarity batch norm is linear per (term, head) and its shift cancels in
-    the softmax, so it is applied as a scale folded into the small q or k factor
-    of each term; the [N, X, heads, Lq, Lk] logits are never normalised or
-    concatenated. Its variables and moving statistics are those of the BN sublayer.
+    the softmax, so it is applied as a scale, folded into the small q or k factor
+    of each term whenever it is known before the products; the [N, X, heads, Lq, Lk]
+    logits are never concatenated. Its variables and moving statistics are those
+    of the BN sublayer.
   * For global attention the training-mode batch statistics come from [d, d]
-    second-moment matrices (the terms are bilinear), not from passes over the logits.
+    second-moment matrices (the terms are bilinear) when the sequence is long for
+    the key depth, else from two reductions over each product.
+  * In training the qkv and output batch norms are fused kernels
+    (`FusedBatchNormalization`); q, k and v are three matmuls normalised as channel
+    groups of one BN, and the retrieved terms stay apart until they are summed, so
+    no activation-sized split, stack or concatenation is made.
   * Operand layouts are chosen so that each einsum, and its gradient, is one
     batched matmul; layout changes are explicit transposes of the smaller tensor
     wherever possible, and q and k are transposed once per call into the two

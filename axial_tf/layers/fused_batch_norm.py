@@ -1,5 +1,7 @@
 """Channels-last batch normalization whose training step runs as one fused kernel."""
 
+import itertools
+
 import keras
 from keras import ops
 
@@ -70,7 +72,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         sizes = [group.shape[-1] for group in groups]
         if not (self._fuses(training) and all(self._normalises_last_axis(group) for group in groups)):
             outputs = self(ops.concatenate(groups, axis=-1), training=training)
-            return ops.split(outputs, list(_running_sum(sizes[:-1])), axis=-1) if len(groups) > 1 else [outputs]
+            return ops.split(outputs, list(itertools.accumulate(sizes[:-1])), axis=-1) if len(groups) > 1 else [outputs]
         import tensorflow as tf  # the fused kernel is TensorFlow's; other backends never get here
 
         gammas = tf.split(tf.cast(self.gamma, "float32"), sizes)
@@ -83,7 +85,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
                 flat, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True
             )
             outputs.append(ops.cast(tf.reshape(normalised, tf.shape(group)), self.compute_dtype))
-            # The kernel returns the unbiased (n / (n - 1)) variance; Keras averages the biased one.
+            # The kernel returns the unbiased variance (n / (n - 1); 0 for n = 1); Keras
+            # averages the biased one.
             count = tf.cast(tf.shape(flat)[2], "float32")
             means.append(mean)
             variances.append(variance * (count - 1.0) / count)
@@ -94,10 +97,3 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             self.moving_variance * momentum + tf.stop_gradient(variance) * (1.0 - momentum)
         )
         return outputs
-
-
-def _running_sum(values):
-    total = 0
-    for value in values:
-        total += value
-        yield total
