@@ -47,7 +47,8 @@ _MASKED_LOGIT = -1e9
 # second-moment matrices when dk^2 < this * L, and from the products themselves
 # otherwise: the moment matrices cost O(L d^2) per sequence and head in small batched
 # matmuls, the direct statistics a few elementwise passes over the O(L^2) products.
-# Measured break-even (training, 8 heads, 2 threads): dk = 16 at L = 33 (BUILD_NOTES.md).
+# Measured break-even (training, 8 heads, 2 threads): dk = 16 at L = 33
+# (benchmarks/OPTIMISATIONS.md, step 10).
 MOMENT_MATRICES_MAX_DEPTH_SQUARED_PER_POSITION = 8
 
 
