@@ -27,7 +27,7 @@ import itertools
 import keras
 from keras import ops
 
-from axial_tf.layers.fused_batch_norm import FusedBatchNormalization
+from axial_tf.layers.fused_batch_norm import FusedBatchNormalization, update_moving_statistics
 from axial_tf.layers.masked_batch_norm import MaskedBatchNormalization
 from axial_tf.layers.relative_positional_encoding import DEEPLAB2_MAX_SPAN, RelativePositionalEncoding
 from axial_tf.layers.replicas import all_reduce_sum
@@ -582,10 +582,7 @@ class AxialAttention(keras.layers.Layer):
         Returns:
             One `[heads]` scale `gamma / sqrt(variance + eps)` per term.
         """
-        norm = self.batch_norm_similarity
-        # Same moving-average update as keras.layers.BatchNormalization.
-        norm.moving_mean.assign(norm.moving_mean * norm.momentum + mean * (1.0 - norm.momentum))
-        norm.moving_variance.assign(norm.moving_variance * norm.momentum + variance * (1.0 - norm.momentum))
+        update_moving_statistics(self.batch_norm_similarity, mean, variance)
         return self._similarity_scales(variance)
 
     def _similarity_scales(self, variance):

@@ -90,10 +90,11 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             count = tf.cast(tf.shape(flat)[2], "float32")
             means.append(mean)
             variances.append(variance * (count - 1.0) / count)
-        mean, variance = tf.concat(means, axis=0), tf.concat(variances, axis=0)
-        momentum = self.momentum
-        self.moving_mean.assign(self.moving_mean * momentum + tf.stop_gradient(mean) * (1.0 - momentum))
-        self.moving_variance.assign(
-            self.moving_variance * momentum + tf.stop_gradient(variance) * (1.0 - momentum)
-        )
+        update_moving_statistics(self, tf.concat(means, axis=0), tf.concat(variances, axis=0))
         return outputs
+
+
+def update_moving_statistics(norm, mean, variance):
+    """The moving-average update of `keras.layers.BatchNormalization`, from given batch moments."""
+    norm.moving_mean.assign(norm.moving_mean * norm.momentum + mean * (1.0 - norm.momentum))
+    norm.moving_variance.assign(norm.moving_variance * norm.momentum + variance * (1.0 - norm.momentum))
