@@ -163,3 +163,72 @@ def test_fast_path_under_mixed_precision_close_to_plain_float32(policy):
     finally:
         keras.mixed_precision.set_global_policy("float32")
     np.testing.assert_allclose(outputs, expected, atol=0.05 if policy == "mixed_float16" else 0.3)
+
+
+# Logical CPU devices must be configured before TensorFlow initialises, hence a subprocess.
+_TWO_REPLICAS_SCRIPT = """
+import json
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from keras import ops
+from axial_tf.layers import AxialAttention, axial_attention
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+batches = [np.random.default_rng(i).normal(i, 1.0 + i, (3, 9, 6)).astype("float32") for i in range(2)]
+results = {}
+for name, span, threshold in [("product-statistics", None, 0), ("moment-matrices", None, 10**9), ("local", 5, 0)]:
+    axial_attention.MOMENT_MATRICES_MAX_DEPTH_SQUARED_PER_POSITION = threshold
+    make = lambda: AxialAttention(8, 12, 2, span=span, max_span=6, query_block_size=4, sync_batch_norm=True)
+    with strategy.scope():
+        mirrored = make()
+        mirrored(np.zeros((1, 9, 6), "float32"))
+    single = make()
+    single(np.zeros((1, 9, 6), "float32"))
+    single.set_weights(mirrored.get_weights())
+
+    def loss_and_gradients(layer, inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = layer(inputs, training=True)
+            loss = ops.sum(ops.square(outputs) * ops.linspace(0.5, 1.5, 12))
+        return [outputs] + tape.gradient(loss, [inputs] + layer.trainable_weights)
+
+    inputs = strategy.experimental_distribute_values_from_function(
+        lambda context: batches[context.replica_id_in_sync_group])
+    step = tf.function(lambda x: strategy.run(lambda v: loss_and_gradients(mirrored, v), args=(x,)))
+    per_replica = [strategy.experimental_local_results(t) for t in step(inputs)]
+    replicas = {
+        "outputs": np.concatenate([t.numpy() for t in per_replica[0]]),
+        "input_gradient": np.concatenate([t.numpy() for t in per_replica[1]]),
+        "weight_gradients": [sum(tf.convert_to_tensor(t).numpy() for t in g) for g in per_replica[2:]],
+        "moving": [np.asarray(w) for w in mirrored.non_trainable_weights],
+    }
+    outputs, input_gradient, *weight_gradients = loss_and_gradients(single, tf.constant(np.concatenate(batches)))
+    one = {
+        "outputs": outputs.numpy(), "input_gradient": input_gradient.numpy(),
+        "weight_gradients": [tf.convert_to_tensor(g).numpy() for g in weight_gradients],
+        "moving": [np.asarray(w) for w in single.non_trainable_weights],
+    }
+    pairs = lambda key: zip(replicas[key], one[key]) if isinstance(one[key], list) else [(replicas[key], one[key])]
+    relative_error = lambda a, b: float(np.abs(a - b).max() / max(1.0, np.abs(b).max()))
+    results[name] = {key: max(relative_error(a, b) for a, b in pairs(key)) for key in one}
+print("RESULT", json.dumps(results))
+"""
+
+
+def test_synchronized_statistics_over_two_replicas_match_one_device():
+    """Two replicas with sync_batch_norm train as one device on the whole batch (gradients through
+    the written-out similarity BN gradient included: its scale depends on both replicas' logits)."""
+    import json
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _TWO_REPLICAS_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.split("RESULT", 1)[1])
+    assert set(result) == {"product-statistics", "moment-matrices", "local"}
+    for path, errors in result.items():
+        for key, relative_error in errors.items():
+            assert relative_error < 1e-4, (path, key, relative_error)

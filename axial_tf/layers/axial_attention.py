@@ -8,15 +8,19 @@ How it is made fast on CPU without changing the math (see BENCHMARKS.md):
     of the BN sublayer.
   * For global attention the training-mode batch statistics come from [d, d]
     second-moment matrices (the terms are bilinear) when the sequence is long for
-    the key depth, else from two reductions over each product.
+    the key depth, else from the products themselves; then the gradient through
+    the statistics is written out (a batch norm's), not differentiated op by op.
   * In training the qkv and output batch norms are fused kernels
-    (`FusedBatchNormalization`); q, k and v are three matmuls normalised as channel
-    groups of one BN, and the retrieved terms stay apart until they are summed, so
-    no activation-sized split, stack or concatenation is made.
-  * Operand layouts are chosen so that each einsum, and its gradient, is one
-    batched matmul; layout changes are explicit transposes of the smaller tensor
-    wherever possible, and q and k are transposed once per call into the two
-    layouts the terms use (shared by the products and the batch moments).
+    (`FusedBatchNormalization`); the projections are separate matmuls (q and k
+    together for global attention) normalised as channel groups of one BN, and the
+    retrieved terms stay apart until they are summed, so no activation-sized split,
+    stack or concatenation is made.
+  * Every product is a batched matmul (an einsum's gradient in TensorFlow
+    transposes operands, a batched matmul's uses transposed-operand flags); layout
+    changes are explicit transposes of the smaller tensor wherever possible, and q
+    and k are transposed once per call into the two layouts the terms use, for
+    global attention both in one transpose per layout (shared by the products and
+    the batch moments).
   * A batch norm using its moving statistics (inference, frozen BN) is a
     per-channel affine map: the qkv BN folds into the projection kernel, the
     output BN into v and the retrieved terms, so neither passes over activations.
@@ -65,6 +69,22 @@ def _sum(tensors):
     for tensor in tensors[1:]:
         total = total + tensor
     return total
+
+
+def _matmul_by_position(by_position, matrices):
+    """`[P, ..., a]` times one `[a, b]` matrix per position `[P, a, b]` -> `[P, ..., b]`.
+
+    One batched matmul over the positions (its gradient too: TensorFlow's einsum
+    gradient transposes operands, a batched matmul's uses transposed-operand flags).
+    """
+    shape = ops.shape(by_position)
+    product = ops.matmul(ops.reshape(by_position, (shape[0], -1, shape[-1])), matrices)  # [P, rows, b]
+    return ops.reshape(product, (*shape[:-1], ops.shape(matrices)[-1]))
+
+
+def _per_head_logit_sum(values):
+    """`[N, X, heads, Lq, Lk]` -> `[heads]`: the contiguous inner reduction first."""
+    return ops.sum(ops.sum(values, axis=(3, 4)), axis=(0, 1))
 
 
 def _moving_affine(norm):
@@ -278,12 +298,14 @@ class AxialAttention(keras.layers.Layer):
             # Each term is scaled, the shifts add up: no stacked [N, L, terms * Dv] tensor.
             term_scales = [ops.reshape(s, (heads, -1)) for s in ops.split(scale, terms)]
             output_shift = ops.cast(_sum(ops.split(shift, terms)), self.compute_dtype)
-        # Three matmuls on the split kernel rather than a split of the [N, L, 2Dk + Dv]
-        # product: no pass over the activations (and none for its gradient).
-        split_points = [dk, 2 * dk]
+        # Separate matmuls on the split kernel rather than a split of the [N, L, 2Dk + Dv]
+        # product: no pass over the activations (and none for its gradient). Global
+        # attention projects q and k together: they share every layout (one wider matmul,
+        # BN call and transpose per layout); local attention blocks them differently.
+        split_points = [2 * dk] if self.span is None else [dk, 2 * dk]
         if training and self.batch_norm_qkv.trainable:
             kernels = ops.split(self.qkv_kernel, split_points, axis=-1)
-            query, key, value = self.batch_norm_qkv.normalize_channel_groups(
+            projections = self.batch_norm_qkv.normalize_channel_groups(
                 [ops.matmul(inputs, kernel) for kernel in kernels], training=training
             )
         else:
@@ -295,28 +317,31 @@ class AxialAttention(keras.layers.Layer):
                 term_scales[0] = None
             kernels = ops.split(ops.cast(self.qkv_kernel, "float32") * kernel_scale, split_points, axis=-1)
             shifts = ops.split(ops.cast(qkv_shift, self.compute_dtype), split_points)
-            query, key, value = (
+            projections = [
                 ops.matmul(inputs, ops.cast(kernel, self.compute_dtype)) + shift
                 for kernel, shift in zip(kernels, shifts)
-            )
-        query = ops.reshape(query, (batch, length, heads, self.key_depth_per_head))
-        key = ops.reshape(key, (batch, length, heads, self.key_depth_per_head))
-        value = ops.reshape(value, (batch, length, heads, self.value_depth_per_head))
-
+            ]
+        # [N, L, channels] each: q and k (together for global attention), then v.
         attend = self._attend_global if self.span is None else self._attend_local
-        retrieved = attend(query, key, value, length, training, term_scales)  # of [N, L, heads, dv]
+        retrieved = attend(projections, length, training, term_scales)  # of [N, L, heads, dv]
         retrieved = [ops.reshape(t, (batch, length, dv)) for t in retrieved]
         if term_scales is not None:  # the normalised terms, already summed
             return retrieved[0] + output_shift
         # One BN channel per (term, head, channel): each term normalised with its channels.
         return _sum(self.batch_norm_retrieved_output.normalize_channel_groups(retrieved, training=training))
 
-    def _attend_global(self, query, key, value, length, training, term_scales):
-        """Global attention, in chunks of sequences when the logits would be too large."""
+    def _attend_global(self, projections, length, training, term_scales):
+        """Global attention, in chunks of sequences when the logits would be too large.
+
+        Args:
+            projections: `[N, L, 2Dk]` queries and keys side by side, and `[N, L, Dv]` values.
+
+        Returns:
+            A list of `[N, L, heads, dv]` tensors (see `_retrieve_softmax`).
+        """
         lengths = (length, length, 0)
-        one_block = lambda t: ops.expand_dims(t, 1)  # noqa: E731  [N, 1, L, heads, d]
         logits_per_sequence = self.num_heads * length * length
-        count = ops.shape(query)[0]
+        count = ops.shape(projections[0])[0]
         one_chunk = (
             isinstance(count, int) and isinstance(length, int) and count * logits_per_sequence <= self.max_chunk_logits
         )
@@ -324,16 +349,17 @@ class AxialAttention(keras.layers.Layer):
         if not (training and self.batch_norm_similarity.trainable):
             scales = self._similarity_scales(self.batch_norm_similarity.moving_variance)
         else:
-            layouts = self._query_key_layouts(one_block(query), one_block(key))
+            layouts = self._shared_query_key_layouts(projections[0])
             few_positions = self.key_depth_per_head**2 >= MOMENT_MATRICES_MAX_DEPTH_SQUARED_PER_POSITION * length
             if not (one_chunk and few_positions):
                 # Batch statistics over all sequences (cheap, see below), so chunks share them.
                 scales = self._batch_similarity_scales(*self._global_similarity_moments(*layouts, *lengths))
 
-        def attend(sequences, layouts=None):  # ([n, L, heads, d] q, k, v) -> list of [n, L, heads, dv]
-            query, key, value = (one_block(t) for t in sequences)
+        def attend(sequences, layouts=None):  # ([n, L, 2Dk], [n, L, Dv]) -> list of [n, L, heads, dv]
+            query_key, value = sequences
             if layouts is None:
-                layouts = self._query_key_layouts(query, key)
+                layouts = self._shared_query_key_layouts(query_key)
+            value = ops.reshape(value, (-1, 1, length, self.num_heads, self.value_depth_per_head))  # [n, 1, L, h, dv]
             if scales is None:  # statistics of the products themselves (one chunk only)
                 logits = self._logits_with_batch_statistics(layouts, lengths, None)
             else:
@@ -341,12 +367,12 @@ class AxialAttention(keras.layers.Layer):
             return [ops.squeeze(t, axis=1) for t in self._retrieve_softmax(logits, value, lengths, None, term_scales)]
 
         if one_chunk:
-            return attend((query, key, value), layouts)  # reuses the transposed q and k
+            return attend(projections, layouts)  # reuses the transposed q and k
         # The chunk loop maps tensors to one tensor: the retrieved parts travel side by side.
         parts = 1 if term_scales is not None else self.num_retrieval_terms
         output_shape = (length, self.num_heads, parts * self.value_depth_per_head)
         side_by_side = lambda sequences: ops.concatenate(attend(sequences), axis=-1)  # noqa: E731
-        outputs = self._map_sequence_chunks(side_by_side, (query, key, value), output_shape, logits_per_sequence)
+        outputs = self._map_sequence_chunks(side_by_side, tuple(projections), output_shape, logits_per_sequence)
         return ops.split(outputs, parts, axis=-1)
 
     def _map_sequence_chunks(self, attend, sequences, output_shape, logits_per_sequence):
@@ -388,8 +414,16 @@ class AxialAttention(keras.layers.Layer):
         no_padding = static and padded == count
         return outputs if no_padding else outputs[:count]
 
-    def _attend_local(self, query, key, value, length, training, term_scales):
-        """Local attention on blocks of queries against keys within `flange` of the block."""
+    def _attend_local(self, projections, length, training, term_scales):
+        """Local attention on blocks of queries against keys within `flange` of the block.
+
+        Args:
+            projections: `[N, L, Dk]` queries, `[N, L, Dk]` keys and `[N, L, Dv]` values.
+
+        Returns:
+            A list of `[N, L, heads, dv]` tensors (see `_retrieve_softmax`).
+        """
+        query, key, value = (ops.reshape(t, (*ops.shape(t)[:2], self.num_heads, -1)) for t in projections)
         # Keys farther than L - 1 never exist, so clip the flange to the length.
         flange = _minimum((self.span - 1) // 2, length - 1)
         block = _minimum(self.query_block_size or self.span, length)
@@ -483,14 +517,60 @@ class AxialAttention(keras.layers.Layer):
             float32 `[N, X, heads, Lq, Lk]` logits.
         """
         terms = [ops.cast(term, "float32") for term in self._similarity_terms(*layouts, *lengths)]
-        moments = [self._similarity_term_moments(term, valid_pair) for term in terms]
-        scales = self._batch_similarity_scales(
-            ops.concatenate([mean for mean, _ in moments], axis=0),
-            ops.concatenate([variance for _, variance in moments], axis=0),
+        # The gradient through the statistics is written out in _scale_by_batch_statistics.
+        moments = [self._similarity_term_moments(ops.stop_gradient(term), valid_pair) for term in terms]
+        update_moving_statistics(
+            self.batch_norm_similarity,
+            ops.concatenate([mean for mean, *_ in moments], axis=0),
+            ops.concatenate([variance for _, variance, *_ in moments], axis=0),
         )
-        # Scales broadcast to [heads, Lq, Lk] so that their gradient reduces leading axes only.
-        logit_shape = (self.num_heads, lengths[0], lengths[1])
-        return _sum([term * ops.broadcast_to(scale[:, None, None], logit_shape) for term, scale in zip(terms, scales)])
+        norm = self.batch_norm_similarity
+        # beta shifts whole softmax rows: its gradient is zero (see _similarity_scales).
+        gammas = ops.split(norm.gamma + 0.0 * norm.beta, self.num_similarity_terms)
+        return _sum(
+            [
+                self._scale_by_batch_statistics(term, gamma, *moments[1:])
+                for term, gamma, moments in zip(terms, gammas, moments)
+            ]
+        )
+
+    def _scale_by_batch_statistics(self, term, gamma, variance, centred, count):
+        """`term * gamma / sqrt(variance + eps)` per head, differentiated as a batch norm.
+
+        The gradient is written out: it is the batch norm's (through the scale and
+        through the batch variance), five elementwise passes over the term instead of
+        the dozen that differentiating the moment computation op by op takes.
+
+        Args:
+            term: float32 `[N, X, heads, Lq, Lk]` similarity product.
+            gamma: `[heads]` BN gamma of this term.
+            variance: `[heads]` batch variance of `term` (over the valid pairs).
+            centred: `term` minus its batch mean, zero at pairs that do not count.
+            count: pairs per head that count.
+
+        Returns:
+            The scaled term.
+        """
+        inverse_std = ops.rsqrt(variance + self.batch_norm_similarity.epsilon)
+        logit_shape = ops.shape(term)[2:]
+        per_head = lambda values: ops.broadcast_to(values[:, None, None], logit_shape)  # noqa: E731
+
+        @ops.custom_gradient
+        def scaled(term, gamma):
+            scale = gamma * inverse_std
+
+            def gradient(*args, upstream=None):
+                upstream = args[0] if upstream is None else upstream
+                along_term = _per_head_logit_sum(upstream * term)  # d loss / d scale (this replica's)
+                # The variance, hence the scale, depends on every replica's term: each sees the sum.
+                along_all = all_reduce_sum([along_term])[0] if self.sync_batch_norm else along_term
+                # d variance / d term = 2 * centred / count, d scale / d variance = -scale / (2 (var + eps)).
+                through_variance = along_all * scale * ops.square(inverse_std) / count
+                return upstream * per_head(scale) - centred * per_head(through_variance), along_term * inverse_std
+
+            return term * per_head(scale), gradient
+
+        return scaled(term, gamma)
 
     def _folded_logits(self, query_layouts, key_layouts, lengths, scales):
         """Similarity logits with each term's BN scale folded into its (small) q or k factor."""
@@ -512,17 +592,35 @@ class AxialAttention(keras.layers.Layer):
 
         return layouts(query, self.use_query_rpe_similarity), layouts(key, self.use_key_rpe_similarity)
 
+    def _shared_query_key_layouts(self, query_key):
+        """`_query_key_layouts` of `[N, L, 2Dk]` queries and keys side by side, as one block.
+
+        Both are transposed together into each layout, with the q/k axis first, so
+        that unstacking them aliases instead of copying.
+        """
+        query_key = ops.reshape(query_key, (-1, ops.shape(query_key)[1], 2, self.num_heads, self.key_depth_per_head))
+        query_heads = key_heads = query_positions = key_positions = None
+        if self.use_content_similarity:
+            both = ops.unstack(ops.transpose(query_key, (2, 0, 3, 1, 4)), num=2)  # 2 x [N, h, L, d]
+            query_heads, key_heads = (ops.expand_dims(t, 1) for t in both)  # [N, 1, h, L, d]
+        if self.use_query_rpe_similarity or self.use_key_rpe_similarity:
+            both = ops.unstack(ops.transpose(query_key, (2, 1, 0, 3, 4)), num=2)  # 2 x [L, N, h, d]
+            query_positions, key_positions = (ops.expand_dims(t, 2) for t in both)  # [L, N, 1, h, d]
+            query_positions = query_positions if self.use_query_rpe_similarity else None
+            key_positions = key_positions if self.use_key_rpe_similarity else None
+        return (query_heads, query_positions), (key_heads, key_positions)
+
     def _retrieve(self, weights, value, lengths):
         """The enabled retrievals (values, value encodings), each `[N, X, Lq, heads, dv]`."""
         retrieved = []
         if self.retrieve_value_content:
             value_heads = ops.transpose(value, (0, 1, 3, 2, 4))  # [N, X, h, Lk, dv]
-            content = ops.einsum("nxhlm,nxhmd->nxhld", weights, value_heads)
+            content = ops.matmul(weights, value_heads)  # [N, X, h, Lq, dv]
             retrieved.append(ops.transpose(content, (0, 1, 3, 2, 4)))  # [N, X, Lq, h, dv]
         if self.retrieve_value_rpe:
             table = self.value_rpe.table(*lengths)  # [Lq, Lk, dv]
             weights_by_query = ops.transpose(weights, (3, 0, 1, 2, 4))  # [Lq, N, X, h, Lk]
-            rpe = ops.einsum("lnxhm,lmd->lnxhd", weights_by_query, table)
+            rpe = _matmul_by_position(weights_by_query, table)  # [Lq, N, X, h, dv]
             retrieved.append(ops.transpose(rpe, (1, 2, 0, 3, 4)))  # [N, X, Lq, h, dv]
         return retrieved
 
@@ -549,18 +647,18 @@ class AxialAttention(keras.layers.Layer):
                 query_heads = query_heads * ops.broadcast_to(
                     ops.cast(next(scales), query_heads.dtype)[:, None, None], ops.shape(query_heads)[2:]
                 )
-            terms.append(ops.einsum("nxhld,nxhmd->nxhlm", query_heads, key_heads))
+            terms.append(ops.matmul(query_heads, ops.swapaxes(key_heads, -1, -2)))
         if self.use_query_rpe_similarity:
             if scales is not None:
                 query_positions = query_positions * self._head_scale(next(scales))
             table = self.query_rpe.table(query_length, key_length, key_start)  # [Lq, Lk, dk]
-            term = ops.einsum("lnxhd,lmd->lnxhm", query_positions, table)
+            term = _matmul_by_position(query_positions, ops.swapaxes(table, 1, 2))  # [Lq, N, X, h, Lk]
             terms.append(ops.transpose(term, (1, 2, 3, 0, 4)))
         if self.use_key_rpe_similarity:
             if scales is not None:
                 key_positions = key_positions * self._head_scale(next(scales))
             table = self.key_rpe.table(query_length, key_length, key_start)  # [Lq, Lk, dk]
-            term = ops.einsum("mnxhd,lmd->mnxhl", key_positions, table)
+            term = _matmul_by_position(key_positions, ops.transpose(table, (1, 2, 0)))  # [Lk, N, X, h, Lq]
             terms.append(ops.transpose(term, (1, 2, 3, 4, 0)))
         return terms
 
@@ -649,7 +747,7 @@ class AxialAttention(keras.layers.Layer):
         return mean, ops.maximum(squares / count - ops.square(mean), 0.0)
 
     def _similarity_term_moments(self, term, valid):
-        """Per-head mean and variance of one `[N, X, heads, Lq, Lk]` term over valid pairs.
+        """Per-head batch moments of one `[N, X, heads, Lq, Lk]` term over valid pairs.
 
         Args:
             term: float32 similarity product.
@@ -657,7 +755,9 @@ class AxialAttention(keras.layers.Layer):
                 (query, key) pair counts.
 
         Returns:
-            (mean, variance), each `[heads]`.
+            (mean, variance, centred, count): `[heads]` mean and variance, the term
+            minus its mean (zero where a pair does not count) and the number of pairs
+            per head (over all replicas with synchronised statistics).
         """
         if valid is None:
             weighted = lambda values: values  # noqa: E731
@@ -667,19 +767,18 @@ class AxialAttention(keras.layers.Layer):
             weighted = lambda values: values * weights  # noqa: E731
             count = ops.cast(ops.shape(term)[0], term.dtype) * ops.sum(weights)
 
-        def per_head_sum(values):  # [N, X, h, Lq, Lk] -> [h]; contiguous inner reduction first
-            return ops.sum(ops.sum(values, axis=(3, 4)), axis=(0, 1))
+        def centred_on(mean):  # [heads, Lq, Lk] operand: the subtraction broadcasts over leading axes only
+            return weighted(term - ops.broadcast_to(mean[:, None, None], ops.shape(term)[2:]))
 
         if self.sync_batch_norm:
             count, total, squares = all_reduce_sum(
-                [count, per_head_sum(weighted(term)), per_head_sum(weighted(ops.square(term)))]
+                [count, _per_head_logit_sum(weighted(term)), _per_head_logit_sum(weighted(ops.square(term)))]
             )
             mean = total / count
-            return mean, ops.maximum(squares / count - ops.square(mean), 0.0)
-        mean = per_head_sum(weighted(term)) / count
-        # The mean broadcasts over leading axes only, so its gradient is a fast reduction.
-        centred = weighted(term - ops.broadcast_to(mean[:, None, None], ops.shape(term)[2:]))
-        return mean, per_head_sum(ops.square(centred)) / count
+            return mean, ops.maximum(squares / count - ops.square(mean), 0.0), centred_on(mean), count
+        mean = _per_head_logit_sum(weighted(term)) / count
+        centred = centred_on(mean)
+        return mean, _per_head_logit_sum(ops.square(centred)) / count, centred, count
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.total_value_depth)
