@@ -317,10 +317,12 @@ class AxialAttention(keras.layers.Layer):
                 term_scales[0] = None
             kernels = ops.split(ops.cast(self.qkv_kernel, "float32") * kernel_scale, split_points, axis=-1)
             shifts = ops.split(ops.cast(qkv_shift, self.compute_dtype), split_points)
+            # 2-D matmuls: grappler fuses each with its shift (no pass over the activations).
+            rows = ops.reshape(inputs, (-1, ops.shape(inputs)[-1]))
             projections = [
-                ops.matmul(inputs, ops.cast(kernel, self.compute_dtype)) + shift
-                for kernel, shift in zip(kernels, shifts)
+                ops.matmul(rows, ops.cast(kernel, self.compute_dtype)) + shift for kernel, shift in zip(kernels, shifts)
             ]
+            projections = [ops.reshape(t, (batch, length, t.shape[-1])) for t in projections]
         # [N, L, channels] each: q and k (together for global attention), then v.
         attend = self._attend_global if self.span is None else self._attend_local
         retrieved = attend(projections, length, training, term_scales)  # of [N, L, heads, dv]
