@@ -425,7 +425,10 @@ class AxialAttention(keras.layers.Layer):
         Returns:
             A list of `[N, L, heads, dv]` tensors (see `_retrieve_softmax`).
         """
-        query, key, value = (ops.reshape(t, (*ops.shape(t)[:2], self.num_heads, -1)) for t in projections)
+        depths = (self.key_depth_per_head, self.key_depth_per_head, self.value_depth_per_head)
+        query, key, value = (
+            ops.reshape(t, (*ops.shape(t)[:2], self.num_heads, depth)) for t, depth in zip(projections, depths)
+        )
         # Keys farther than L - 1 never exist, so clip the flange to the length.
         flange = _minimum((self.span - 1) // 2, length - 1)
         block = _minimum(self.query_block_size or self.span, length)
