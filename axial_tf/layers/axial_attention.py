@@ -297,7 +297,7 @@ class AxialAttention(keras.layers.Layer):
             scale, shift = _moving_affine(self.batch_norm_retrieved_output)  # [terms * Dv]
             # Each term is scaled, the shifts add up: no stacked [N, L, terms * Dv] tensor.
             term_scales = [ops.reshape(s, (heads, -1)) for s in ops.split(scale, terms)]
-            output_shift = ops.cast(_sum(ops.split(shift, terms)), self.compute_dtype)
+            output_shift = _sum(ops.split(shift, terms))
         # Separate matmuls on the split kernel rather than a split of the [N, L, 2Dk + Dv]
         # product: no pass over the activations (and none for its gradient). Global
         # attention projects q and k together: they share every layout (one wider matmul,
@@ -311,10 +311,12 @@ class AxialAttention(keras.layers.Layer):
         else:
             kernel_scale, qkv_shift = _moving_affine(self.batch_norm_qkv)  # [2Dk + Dv]
             if term_scales is not None and self.retrieve_value_content:
-                # Softmax rows sum to one, so the content term's output scale moves into v.
+                # Softmax rows sum to one, so the content term's output scale and the summed
+                # output shift move into v (a shift of every value shifts the weighted sum).
                 value_scale = ops.concatenate([ops.ones((2 * dk,)), ops.reshape(term_scales[0], (-1,))])
-                kernel_scale, qkv_shift = kernel_scale * value_scale, qkv_shift * value_scale
-                term_scales[0] = None
+                value_shift = ops.concatenate([ops.zeros((2 * dk,)), output_shift])
+                kernel_scale, qkv_shift = kernel_scale * value_scale, qkv_shift * value_scale + value_shift
+                term_scales[0] = output_shift = None
             kernels = ops.split(ops.cast(self.qkv_kernel, "float32") * kernel_scale, split_points, axis=-1)
             shifts = ops.split(ops.cast(qkv_shift, self.compute_dtype), split_points)
             # 2-D matmuls: grappler fuses each with its shift (no pass over the activations).
@@ -328,7 +330,7 @@ class AxialAttention(keras.layers.Layer):
         retrieved = attend(projections, length, training, term_scales)  # of [N, L, heads, dv]
         retrieved = [ops.reshape(t, (batch, length, dv)) for t in retrieved]
         if term_scales is not None:  # the normalised terms, already summed
-            return retrieved[0] + output_shift
+            return retrieved[0] if output_shift is None else retrieved[0] + ops.cast(output_shift, self.compute_dtype)
         # One BN channel per (term, head, channel): each term normalised with its channels.
         return _sum(self.batch_norm_retrieved_output.normalize_channel_groups(retrieved, training=training))
 
