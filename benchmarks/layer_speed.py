@@ -37,7 +37,9 @@ def _parse_args():
     parser.add_argument("--executions", default="graph",
                         help="Comma list of graph (tf.function), eager, xla (tf.function(jit_compile=True)).")
     parser.add_argument("--policies", default="float32", help="Comma list of float32, mixed_float16, mixed_bfloat16.")
-    parser.add_argument("--rounds", type=int, default=3, help="Timed calls of each implementation.")
+    parser.add_argument("--rounds", type=int, default=3, help="Turns of each implementation (interleaved).")
+    parser.add_argument("--calls_per_turn", type=int, default=1,
+                        help="Consecutive timed calls in each turn (the matmul alongside too).")
     parser.add_argument("--matmul_size", type=int, default=4096,
                         help="Side of the square matmul timed in the same rounds (the machine's rate alongside).")
     return parser.parse_args()
@@ -91,7 +93,7 @@ def main():
         # The matmul runs in the same rounds, so the layer's share of the machine's rate is
         # measured under the same load (a busy neighbour slows both).
         steps["matmul"] = _square_matmul(args.matmul_size)
-        times = interleaved_seconds(steps, args.rounds)
+        times = interleaved_seconds(steps, args.rounds, calls_per_turn=args.calls_per_turn)
         matmul_seconds = times.pop("matmul")
         emit(benchmark="layer_matmul_alongside", case=args.case, mode=mode, size=args.matmul_size,
              median_ms=median_ms(matmul_seconds), gflops_per_s=2 * args.matmul_size**3 / 1e6 / median_ms(matmul_seconds))

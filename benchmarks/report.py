@@ -65,7 +65,7 @@ the quoted reference numbers and the separately run offline demo, which are labe
   interleaved timing in one process and are more stable than absolute numbers.
 - "baseline" is the layer as first committed (`git show {baseline_commit}:axial_tf/layers/...`,
   loaded into a private module at benchmark time); "current" is the package's layer.
-- Times are medians over the timed rounds after one warm-up call ("best" = fastest round);
+- Times are medians over the timed calls after one warm-up call ("best" = fastest call);
   training = forward +
   backward (gradients w.r.t. the input and every weight). GFLOP/s use the analytic count
   of `bench_utils.attention_2d_flops` (qkv projection + 3 similarity products + 2
@@ -128,7 +128,10 @@ def _layer_section(results, quoted):
 filters 32; `local_span65`: x [1,129,257,256], filters 128, span 65. DeepLab2 and PyTorch
 columns are **quoted from issue 8** (measured there on this machine class, median of 3
 interleaved rounds on a busy 2-core machine), not re-measured here: the references are not
-installed in this project. "% of peak" is the layer's median GFLOP/s over the best
+installed in this project. The implementations and the matmul take turns of three
+consecutive timed calls (the median is over repeated calls, as a training loop makes them;
+the first call of a turn follows a 4096^2 matmul that evicts the caches and runs a few
+percent slower). "% of peak" is the layer's median GFLOP/s over the best
 TensorFlow matmul rate above (measured at the start and at the end of the run); "% of matmul
 alongside" divides by the median rate of a 4096 x 4096 float32 matmul timed in the same
 interleaved rounds as the layer (same load; the fairer ratio on a shared machine).

@@ -96,9 +96,10 @@ def plan(quick):
     cases = ["ds_stage4", "resnet_s_stage2"] if quick else list(LAYER_CASES)
     steps = [("peak", "peak_flops.py", ["--size", "2048" if quick else "4096"], 300)]
     for case in cases:
-        case_rounds = "1" if quick else "3" if case == "local_span65" else "5"
-        steps.append(("layer", "layer_speed.py",
-                      ["--case", case, "--impls", "current,baseline", "--rounds", case_rounds], 900))
+        # Turns of 3 consecutive calls: the median is over repeated calls, as in a loop.
+        case_rounds = "1" if quick else "2" if case == "local_span65" else "3"
+        steps.append(("layer", "layer_speed.py", ["--case", case, "--impls", "current,baseline",
+                                                  "--rounds", case_rounds, "--calls_per_turn", "3"], 900))
     for case in ["ds_stage4"] if quick else ["ds_stage4", "resnet_s_stage2"]:
         steps.append(("execution", "layer_speed.py",
                       ["--case", case, "--executions", "graph,eager,xla", "--rounds", rounds], 900))
