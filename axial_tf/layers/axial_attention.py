@@ -15,15 +15,17 @@ How it is made fast on CPU without changing the math (see BENCHMARKS.md):
     together for global attention) normalised as channel groups of one BN, and the
     retrieved terms stay apart until they are summed, so no activation-sized split,
     stack or concatenation is made.
-  * Every product is a batched matmul (an einsum's gradient in TensorFlow
-    transposes operands, a batched matmul's uses transposed-operand flags); layout
-    changes are explicit transposes of the smaller tensor wherever possible, and q
-    and k are transposed once per call into the two layouts the terms use, for
-    global attention both in one transpose per layout (shared by the products and
-    the batch moments).
+  * Every attention product is a batched matmul (an einsum's gradient in
+    TensorFlow transposes operands, a batched matmul's uses transposed-operand
+    flags); layout changes are explicit transposes of the smaller tensor wherever
+    possible, and q and k are transposed once per call into the two layouts the
+    terms use (shared by the products and the batch moments), for global attention
+    both in one transpose per layout (unstacking aliases; the backward pass stacks
+    their gradients once per layout).
   * A batch norm using its moving statistics (inference, frozen BN) is a
-    per-channel affine map: the qkv BN folds into the projection kernel, the
-    output BN into v and the retrieved terms, so neither passes over activations.
+    per-channel affine map: the qkv BN folds into the projection kernel and bias,
+    the output BN's content scale and shifts into v, its value-encoding scale onto
+    that retrieved term, so neither passes over activations.
 """
 
 import itertools
