@@ -528,58 +528,54 @@ class AxialAttention(keras.layers.Layer):
         terms = [ops.cast(term, "float32") for term in self._similarity_terms(*layouts, *lengths)]
         # The gradient through the statistics is written out in _scale_by_batch_statistics.
         moments = [self._similarity_term_moments(ops.stop_gradient(term), valid_pair) for term in terms]
-        update_moving_statistics(
-            self.batch_norm_similarity,
+        scales = self._batch_similarity_scales(
             ops.concatenate([mean for mean, *_ in moments], axis=0),
             ops.concatenate([variance for _, variance, *_ in moments], axis=0),
         )
-        norm = self.batch_norm_similarity
-        # beta shifts whole softmax rows: its gradient is zero (see _similarity_scales).
-        gammas = ops.split(norm.gamma + 0.0 * norm.beta, self.num_similarity_terms)
         return _sum(
             [
-                self._scale_by_batch_statistics(term, gamma, *moments[1:])
-                for term, gamma, moments in zip(terms, gammas, moments)
+                self._scale_by_batch_statistics(term, scale, *term_moments[1:])
+                for term, scale, term_moments in zip(terms, scales, moments)
             ]
         )
 
-    def _scale_by_batch_statistics(self, term, gamma, variance, centred, count):
-        """`term * gamma / sqrt(variance + eps)` per head, differentiated as a batch norm.
+    def _scale_by_batch_statistics(self, term, scale, variance, centred, count):
+        """`term * scale` per head, differentiated as a batch norm whose scale is `scale`.
 
-        The gradient is written out: it is the batch norm's (through the scale and
-        through the batch variance), five elementwise passes over the term instead of
-        the dozen that differentiating the moment computation op by op takes.
+        `scale` is `gamma / sqrt(variance + eps)` of the batch variance; the gradient
+        through that variance is written out here (the batch norm's), five elementwise
+        passes over the term instead of the dozen that differentiating the moment
+        computation op by op takes. The gradient w.r.t. `scale` itself reaches gamma
+        through `_similarity_scales`.
 
         Args:
             term: float32 `[N, X, heads, Lq, Lk]` similarity product.
-            gamma: `[heads]` BN gamma of this term.
-            variance: `[heads]` batch variance of `term` (over the valid pairs).
+            scale: `[heads]` BN scale of this term.
+            variance: `[heads]` batch variance of `term` (over the valid pairs), not differentiated.
             centred: `term` minus its batch mean, zero at pairs that do not count.
             count: pairs per head that count.
 
         Returns:
             The scaled term.
         """
-        inverse_std = ops.rsqrt(variance + self.batch_norm_similarity.epsilon)
         logit_shape = ops.shape(term)[2:]
         per_head = lambda values: ops.broadcast_to(values[:, None, None], logit_shape)  # noqa: E731
 
         @ops.custom_gradient
-        def scaled(term, gamma):
-            scale = gamma * inverse_std
-
+        def scaled(term, scale):
             def gradient(*args, upstream=None):
                 upstream = args[0] if upstream is None else upstream
                 along_term = _per_head_logit_sum(upstream * term)  # d loss / d scale (this replica's)
                 # The variance, hence the scale, depends on every replica's term: each sees the sum.
                 along_all = all_reduce_sum([along_term])[0] if self.sync_batch_norm else along_term
                 # d variance / d term = 2 * centred / count, d scale / d variance = -scale / (2 (var + eps)).
-                through_variance = along_all * scale * ops.square(inverse_std) / count
-                return upstream * per_head(scale) - centred * per_head(through_variance), along_term * inverse_std
+                epsilon = self.batch_norm_similarity.epsilon
+                through_variance = along_all * scale / ((variance + epsilon) * count)
+                return upstream * per_head(scale) - centred * per_head(through_variance), along_term
 
             return term * per_head(scale), gradient
 
-        return scaled(term, gamma)
+        return scaled(term, scale)
 
     def _folded_logits(self, query_layouts, key_layouts, lengths, scales):
         """Similarity logits with each term's BN scale folded into its (small) q or k factor."""
