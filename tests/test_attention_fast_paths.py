@@ -23,8 +23,9 @@ HEADS, KEY_DEPTH, VALUE_DEPTH, CHANNELS, LENGTH = 2, 8, 12, 6, 9
 
 
 def _keras_batch_norm(norm, inputs, training):
-    """Keras' own (unfused) batch norm with the variables of `norm`."""
-    return keras.layers.BatchNormalization.call(norm, inputs, training=training)
+    """Keras' own (unfused) batch norm with the variables of `norm`, on rows of channels."""
+    rows = ops.reshape(inputs, (-1, inputs.shape[-1]))
+    return ops.reshape(keras.layers.BatchNormalization.call(norm, rows, training=training), inputs.shape)
 
 
 def _plain_attention(layer, inputs, training):

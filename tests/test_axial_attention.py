@@ -100,7 +100,7 @@ def _forward_and_gradients(layer, x, training, function=False):
         return y, tape.gradient(loss, [x] + layer.trainable_variables)
 
     if function:  # unknown batch and length: the chunk count is a tensor
-        step = tf.function(step, input_signature=[tf.TensorSpec([None, None, CHANNELS], tf.float32)])
+        step = tf.function(step, input_signature=[tf.TensorSpec([None] * (x.ndim - 1) + [CHANNELS], tf.float32)])
     y, gradients = step(tf.constant(x))
     moving = [np.asarray(v) for v in layer.non_trainable_variables]
     return [np.asarray(y)] + [np.asarray(tf.convert_to_tensor(g)) for g in gradients] + moving
@@ -118,6 +118,34 @@ def test_chunked_global_attention_gives_the_one_pass_result(training, function):
         results = _forward_and_gradients(layer, x, training, function)
         for expected, actual in zip(reference, results, strict=True):
             np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def _as_columns(x4):
+    """`[N, L, X, C]` -> `[N * X, L, C]`: one sequence per column."""
+    n, length, x, c = x4.shape
+    return np.ascontiguousarray(x4.transpose(0, 2, 1, 3).reshape(n * x, length, c))
+
+
+@pytest.mark.parametrize(
+    "span, max_chunk_logits, function",
+    [
+        (None, None, False),  # in place
+        (None, None, True),  # unknown shape: as sequences
+        (None, HEADS * 7 * 7 * 3, False),  # logits beyond one chunk: as sequences, in chunks
+        (5, None, False),  # local: as sequences
+    ],
+)
+@pytest.mark.parametrize("training", [False, True])
+def test_attends_along_axis_1_of_4d_inputs(span, max_chunk_logits, function, training):
+    """`[N, L, X, C]` gives what its `N * X` columns give as `[N * X, L, C]` sequences."""
+    x4 = np.random.default_rng(3).normal(size=(2, 7, 4, CHANNELS)).astype("float32")
+    chunk_args = {} if max_chunk_logits is None else {"max_chunk_logits": max_chunk_logits}
+    reference = _forward_and_gradients(_layer(span, **chunk_args), _as_columns(x4), training)
+    results = _forward_and_gradients(_layer(span, **chunk_args), x4, training, function)
+    results[:2] = [_as_columns(t) for t in results[:2]]  # outputs, input gradient
+    # Rows are summed in another order (weight gradients reach |50|): float32 rounding.
+    for expected, actual in zip(reference, results, strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("count, per_sequence, bound, expected", [
@@ -195,6 +223,12 @@ def test_bad_arguments_are_named(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         AxialAttention(**args)
+
+
+@pytest.mark.parametrize("shape", [(3, CHANNELS), (1, 2, 3, 4, CHANNELS)])
+def test_inputs_of_another_rank_are_named(shape):
+    with pytest.raises(ValueError, match=r"\[N, L, C\] or \[N, L, X, C\], got shape \(" + ", ".join(map(str, shape))):
+        _layer()(np.zeros(shape, "float32"))
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])

@@ -22,6 +22,10 @@ How it is made fast on CPU without changing the math (see BENCHMARKS.md):
     terms use (shared by the products and the batch moments), for global attention
     both in one transpose per layout (unstacking aliases; the backward pass stacks
     their gradients once per layout).
+  * `[N, L, X, C]` inputs (the height pass of a `[B, H, W, C]` image, X = W) are
+    attended in place when global: q and k reach the positions-first layout by moving
+    whole `[X, ...]` blocks, and the outputs come back in the input's layout, so the
+    image is never transposed into columns and back.
   * A batch norm using its moving statistics (inference, frozen BN) is a
     per-channel affine map: the qkv BN folds into the projection kernel and bias,
     the output BN's content scale and shifts into v, its value-encoding scale onto
@@ -125,13 +129,17 @@ def sequence_chunks(count, logits_per_sequence, max_chunk_logits):
 
 @keras.saving.register_keras_serializable(package="axial_tf")
 class AxialAttention(keras.layers.Layer):
-    """Position-sensitive self-attention along one axis of `[N, L, C]` inputs.
+    """Position-sensitive self-attention along axis 1 of `[N, L, C]` or `[N, L, X, C]` inputs.
 
     Follows the DeepLab2 / paper definition: a bias-free projection to queries,
     keys and values with batch norm; similarity `BN(q.k) + BN(q.r_q) + BN(k.r_k)`
     with one BN per (term, head) and no `1/sqrt(d)` scaling; softmax over keys;
     output `BN(sum w.v) + BN(sum w.r_v)` with one BN per (term, head, channel).
     Relative encodings are indexed by `key_pos - query_pos`.
+
+    Inputs `[N, L, X, C]` hold `N * X` independent sequences along axis 1 (e.g. the
+    columns of a `[B, H, W, C]` image); global attention that fits one chunk works
+    on them as they lie, anything else through `[N * X, L, C]` sequences.
 
     `span=None` attends over the whole axis; when the `[N, heads, L, L]` logits of
     a call would exceed `max_chunk_logits` elements, the sequences are processed in
@@ -281,15 +289,20 @@ class AxialAttention(keras.layers.Layer):
             shape=(channels, 2 * self.total_key_depth + self.total_value_depth),
             initializer=keras.initializers.TruncatedNormal(stddev=channels**-0.5),
         )
-        self.batch_norm_qkv.build((None, None, 2 * self.total_key_depth + self.total_value_depth))
+        self.batch_norm_qkv.build((None, 2 * self.total_key_depth + self.total_value_depth))
         self.batch_norm_similarity.build((None, self.num_similarity_terms * self.num_heads, None, None, None))
-        self.batch_norm_retrieved_output.build((None, None, self.num_retrieval_terms * self.total_value_depth))
+        self.batch_norm_retrieved_output.build((None, self.num_retrieval_terms * self.total_value_depth))
         for encoding in (self.query_rpe, self.key_rpe, self.value_rpe):
             if encoding is not None:
                 encoding.build()
 
     def call(self, inputs, training=None):
-        batch, length = ops.shape(inputs)[0], ops.shape(inputs)[1]
+        if len(inputs.shape) not in (3, 4):
+            raise ValueError(f"{self.name}: inputs must be [N, L, C] or [N, L, X, C], got shape {inputs.shape}.")
+        if len(inputs.shape) == 4 and not self._attends_in_place(inputs):
+            return self._attend_as_sequences(inputs, training)
+        positions = ops.shape(inputs)[:-1]  # [N, L] or [N, L, X]
+        length = positions[1]
         dk, dv, heads = self.total_key_depth, self.total_value_depth, self.num_heads
         terms = self.num_retrieval_terms
         # A BN with moving statistics is a per-channel map `x * scale + shift`: it folds
@@ -305,10 +318,13 @@ class AxialAttention(keras.layers.Layer):
         # attention projects q and k together: they share every layout (one wider matmul,
         # BN call and transpose per layout); local attention blocks them differently.
         split_points = [2 * dk] if self.span is None else [dk, 2 * dk]
+        # The projections and BNs work on rows, one per position: 2-D matmuls, and BNs
+        # that take inputs of any rank.
+        rows = ops.reshape(inputs, (-1, inputs.shape[-1]))  # [N*L*X, C]
         if training and self.batch_norm_qkv.trainable:
             kernels = ops.split(self.qkv_kernel, split_points, axis=-1)
             projections = self.batch_norm_qkv.normalize_channel_groups(
-                [ops.matmul(inputs, kernel) for kernel in kernels], training=training
+                [ops.matmul(rows, kernel) for kernel in kernels], training=training
             )
         else:
             kernel_scale, qkv_shift = _moving_affine(self.batch_norm_qkv)  # [2Dk + Dv]
@@ -321,33 +337,60 @@ class AxialAttention(keras.layers.Layer):
                 term_scales[0] = output_shift = None
             kernels = ops.split(ops.cast(self.qkv_kernel, "float32") * kernel_scale, split_points, axis=-1)
             shifts = ops.split(ops.cast(qkv_shift, self.compute_dtype), split_points)
-            # 2-D matmuls: grappler fuses each with its shift (no pass over the activations).
-            rows = ops.reshape(inputs, (-1, ops.shape(inputs)[-1]))
+            # Grappler fuses each 2-D matmul with its shift (no pass over the activations).
             projections = [
                 ops.matmul(rows, ops.cast(kernel, self.compute_dtype)) + shift for kernel, shift in zip(kernels, shifts)
             ]
-            projections = [ops.reshape(t, (batch, length, t.shape[-1])) for t in projections]
-        # [N, L, channels] each: q and k (together for global attention), then v.
+        # [N, L, (X,) channels] each: q and k (together for global attention), then v.
+        projections = [ops.reshape(t, (*positions, t.shape[-1])) for t in projections]
         attend = self._attend_global if self.span is None else self._attend_local
-        retrieved = attend(projections, length, training, term_scales)  # of [N, L, heads, dv]
-        retrieved = [ops.reshape(t, (batch, length, dv)) for t in retrieved]
-        if term_scales is not None:  # the normalised terms, already summed
-            return retrieved[0] if output_shift is None else retrieved[0] + ops.cast(output_shift, self.compute_dtype)
-        # One BN channel per (term, head, channel): each term normalised with its channels.
-        return _sum(self.batch_norm_retrieved_output.normalize_channel_groups(retrieved, training=training))
+        retrieved = attend(projections, length, training, term_scales)  # of [N, L, (X,) heads, dv]
+        retrieved = [ops.reshape(t, (-1, dv)) for t in retrieved]  # [N*L*X, Dv]
+        if term_scales is None:
+            # One BN channel per (term, head, channel): each term normalised with its channels.
+            outputs = _sum(self.batch_norm_retrieved_output.normalize_channel_groups(retrieved, training=training))
+        else:  # the normalised terms, already summed
+            outputs = retrieved[0]
+            if output_shift is not None:
+                outputs = outputs + ops.cast(output_shift, self.compute_dtype)
+        return ops.reshape(outputs, (*positions, dv))
+
+    def _attends_in_place(self, inputs):
+        """Whether `[N, L, X, C]` inputs are attended as they lie, not as `[N * X, L, C]` sequences.
+
+        In place, the positions-first layout of q and k (`[L, N, X, ...]`) is one
+        transpose of whole `[X, ...]` blocks and the outputs come back in the input's
+        layout; the sequence route adds a transpose of the inputs and one of the
+        outputs. Local attention and chunked global attention take that route.
+        """
+        n, length, x = inputs.shape[:3]
+        if self.span is not None or None in (n, length, x):
+            return False
+        return n * x * self.num_heads * length * length <= self.max_chunk_logits
+
+    def _attend_as_sequences(self, inputs, training):
+        """`[N, L, X, C]` -> `[N, L, X, Dv]`, attended as `[N * X, L, C]` sequences."""
+        n, length, x = ops.shape(inputs)[:3]
+        sequences = ops.reshape(ops.transpose(inputs, (0, 2, 1, 3)), (n * x, length, inputs.shape[-1]))
+        outputs = self.call(sequences, training=training)  # [N * X, L, Dv]
+        return ops.transpose(ops.reshape(outputs, (n, x, length, self.total_value_depth)), (0, 2, 1, 3))
 
     def _attend_global(self, projections, length, training, term_scales):
         """Global attention, in chunks of sequences when the logits would be too large.
 
         Args:
-            projections: `[N, L, 2Dk]` queries and keys side by side, and `[N, L, Dv]` values.
+            projections: `[N, L, (X,) 2Dk]` queries and keys side by side, and
+                `[N, L, (X,) Dv]` values. Inputs with an X axis always fit one chunk
+                (see `_attends_in_place`).
 
         Returns:
-            A list of `[N, L, heads, dv]` tensors (see `_retrieve_softmax`).
+            A list of `[N, L, X, heads, dv]` tensors (see `_retrieve_softmax`).
         """
         lengths = (length, length, 0)
         logits_per_sequence = self.num_heads * length * length
         count = ops.shape(projections[0])[0]
+        if len(projections[0].shape) == 4:
+            count = count * ops.shape(projections[0])[2]
         one_chunk = (
             isinstance(count, int) and isinstance(length, int) and count * logits_per_sequence <= self.max_chunk_logits
         )
@@ -361,22 +404,23 @@ class AxialAttention(keras.layers.Layer):
                 # Batch statistics over all sequences (cheap, see below), so chunks share them.
                 scales = self._batch_similarity_scales(*self._global_similarity_moments(*layouts, *lengths))
 
-        def attend(sequences, layouts=None):  # ([n, L, 2Dk], [n, L, Dv]) -> list of [n, L, heads, dv]
+        def attend(sequences, layouts=None):  # ([n, L, (X,) 2Dk], [n, L, (X,) Dv]) -> list of [n, L, X, h, dv]
             query_key, value = sequences
             if layouts is None:
                 layouts = self._shared_query_key_layouts(query_key)
-            value = ops.reshape(value, (-1, 1, length, self.num_heads, self.value_depth_per_head))  # [n, 1, L, h, dv]
+            value = ops.reshape(value, (ops.shape(value)[0], length, -1, self.num_heads, self.value_depth_per_head))
+            value_heads = ops.transpose(value, (0, 2, 3, 1, 4))  # [n, X, h, L, dv]
             if scales is None:  # statistics of the products themselves (one chunk only)
                 logits = self._logits_with_batch_statistics(layouts, lengths, None)
             else:
-                logits = self._folded_logits(*layouts, lengths, scales)  # [n, 1, heads, L, L]
-            return [ops.squeeze(t, axis=1) for t in self._retrieve_softmax(logits, value, lengths, None, term_scales)]
+                logits = self._folded_logits(*layouts, lengths, scales)  # [n, X, heads, L, L]
+            return self._retrieve_softmax(logits, value_heads, lengths, None, term_scales, query_axis=1)
 
         if one_chunk:
             return attend(projections, layouts)  # reuses the transposed q and k
         # The chunk loop maps tensors to one tensor: the retrieved parts travel side by side.
         parts = 1 if term_scales is not None else self.num_retrieval_terms
-        output_shape = (length, self.num_heads, parts * self.value_depth_per_head)
+        output_shape = (length, 1, self.num_heads, parts * self.value_depth_per_head)
         side_by_side = lambda sequences: ops.concatenate(attend(sequences), axis=-1)  # noqa: E731
         outputs = self._map_sequence_chunks(side_by_side, tuple(projections), output_shape, logits_per_sequence)
         return ops.split(outputs, parts, axis=-1)
@@ -464,14 +508,15 @@ class AxialAttention(keras.layers.Layer):
         logits = self._local_similarity_logits(
             to_query_blocks(query), to_key_blocks(key), lengths, valid_pair, training
         )  # [N, blocks, heads, block, key_block]
-        retrieved = self._retrieve_softmax(logits, to_key_blocks(value), lengths, valid, term_scales)
+        value_heads = ops.transpose(to_key_blocks(value), (0, 1, 3, 2, 4))  # [N, blocks, h, key_block, dv]
+        retrieved = self._retrieve_softmax(logits, value_heads, lengths, valid, term_scales, query_axis=2)
         # Each of [N, blocks, block, heads, dv] -> [N, L, heads, dv], without the padding queries
         # (no slice when there are none: its gradient is a full copy).
         no_padding = isinstance(length, int) and padded == length
         retrieved = [ops.reshape(t, (batch, padded, self.num_heads, self.value_depth_per_head)) for t in retrieved]
         return retrieved if no_padding else [t[:, :length] for t in retrieved]
 
-    def _retrieve_softmax(self, logits, value, lengths, mask, term_scales):
+    def _retrieve_softmax(self, logits, value_heads, lengths, mask, term_scales, query_axis):
         """Softmax over the keys, then retrieval of values and value encodings.
 
         Logits live in a heads-first `[N, X, heads, Lq, Lk]` layout, so the content
@@ -482,20 +527,22 @@ class AxialAttention(keras.layers.Layer):
 
         Args:
             logits: float32 `[N, X, heads, Lq, Lk]` similarity logits.
-            value: `[N, X, Lk, heads, dv]` value blocks.
+            value_heads: `[N, X, heads, Lk, dv]` values.
             lengths: (Lq, Lk, position of key 0 relative to query 0 within a block).
             mask: `None`, or `[X, Lq, Lk]` booleans, True where a key may be attended.
             term_scales: `None`, or one `[heads, dv]` scale (or `None`: already applied)
                 per retrieval term, which are then scaled and summed.
+            query_axis: 2 for `[N, X, Lq, heads, dv]` outputs (blocks of queries), 1 for
+                `[N, Lq, X, heads, dv]` (queries along axis 1 of `[N, L, X, C]` inputs).
 
         Returns:
-            A list of `[N, X, Lq, heads, dv]` tensors: one per retrieval term (before
-            their BN), or only their scaled sum.
+            A list of outputs: one per retrieval term (before their BN), or only their
+            scaled sum.
         """
         if mask is not None:
             logits = ops.where(mask[:, None], logits, _MASKED_LOGIT)
         weights = ops.cast(ops.softmax(logits, axis=-1), self.compute_dtype)
-        retrieved = self._retrieve(weights, value, lengths)
+        retrieved = self._retrieve(weights, value_heads, lengths, query_axis)
         if term_scales is None:
             return retrieved
         return [_sum([t if s is None else t * ops.cast(s, t.dtype) for t, s in zip(retrieved, term_scales)])]
@@ -598,35 +645,35 @@ class AxialAttention(keras.layers.Layer):
         return layouts(query, self.use_query_rpe_similarity), layouts(key, self.use_key_rpe_similarity)
 
     def _shared_query_key_layouts(self, query_key):
-        """`_query_key_layouts` of `[N, L, 2Dk]` queries and keys side by side, as one block.
+        """`_query_key_layouts` of `[N, L, (X,) 2Dk]` queries and keys side by side, as one block.
 
         Both are transposed together into each layout, with the q/k axis first, so
         that unstacking them aliases instead of copying.
         """
-        query_key = ops.reshape(query_key, (-1, ops.shape(query_key)[1], 2, self.num_heads, self.key_depth_per_head))
+        n, length = ops.shape(query_key)[:2]
+        query_key = ops.reshape(query_key, (n, length, -1, 2, self.num_heads, self.key_depth_per_head))
         query_heads = key_heads = query_positions = key_positions = None
         if self.use_content_similarity:
-            both = ops.unstack(ops.transpose(query_key, (2, 0, 3, 1, 4)), num=2)  # 2 x [N, h, L, d]
-            query_heads, key_heads = (ops.expand_dims(t, 1) for t in both)  # [N, 1, h, L, d]
+            # 2 x [N, X, h, L, d]
+            query_heads, key_heads = ops.unstack(ops.transpose(query_key, (3, 0, 2, 4, 1, 5)), num=2)
         if self.use_query_rpe_similarity or self.use_key_rpe_similarity:
-            both = ops.unstack(ops.transpose(query_key, (2, 1, 0, 3, 4)), num=2)  # 2 x [L, N, h, d]
-            query_positions, key_positions = (ops.expand_dims(t, 2) for t in both)  # [L, N, 1, h, d]
+            # 2 x [L, N, X, h, d]
+            query_positions, key_positions = ops.unstack(ops.transpose(query_key, (3, 1, 0, 2, 4, 5)), num=2)
             query_positions = query_positions if self.use_query_rpe_similarity else None
             key_positions = key_positions if self.use_key_rpe_similarity else None
         return (query_heads, query_positions), (key_heads, key_positions)
 
-    def _retrieve(self, weights, value, lengths):
-        """The enabled retrievals (values, value encodings), each `[N, X, Lq, heads, dv]`."""
+    def _retrieve(self, weights, value_heads, lengths, query_axis):
+        """The enabled retrievals (values, value encodings), each with queries on `query_axis`."""
         retrieved = []
         if self.retrieve_value_content:
-            value_heads = ops.transpose(value, (0, 1, 3, 2, 4))  # [N, X, h, Lk, dv]
             content = ops.matmul(weights, value_heads)  # [N, X, h, Lq, dv]
-            retrieved.append(ops.transpose(content, (0, 1, 3, 2, 4)))  # [N, X, Lq, h, dv]
+            retrieved.append(ops.transpose(content, (0, 3, 1, 2, 4) if query_axis == 1 else (0, 1, 3, 2, 4)))
         if self.retrieve_value_rpe:
             table = self.value_rpe.table(*lengths)  # [Lq, Lk, dv]
             weights_by_query = ops.transpose(weights, (3, 0, 1, 2, 4))  # [Lq, N, X, h, Lk]
             rpe = _matmul_by_position(weights_by_query, table)  # [Lq, N, X, h, dv]
-            retrieved.append(ops.transpose(rpe, (1, 2, 0, 3, 4)))  # [N, X, Lq, h, dv]
+            retrieved.append(ops.transpose(rpe, (1, 0, 2, 3, 4) if query_axis == 1 else (1, 2, 0, 3, 4)))
         return retrieved
 
     def _similarity_terms(self, query_layouts, key_layouts, query_length, key_length, key_start, scales=None):

@@ -15,7 +15,7 @@ def _pair(value, name):
 
 
 def _subsample(sequences, strides):
-    """Every `strides`-th position of `[N, L, C]` (no op at stride 1: a slice's gradient is a full copy)."""
+    """Every `strides`-th position along axis 1 (no op at stride 1: a slice's gradient is a full copy)."""
     return sequences if strides == 1 else sequences[:, ::strides]
 
 
@@ -101,17 +101,13 @@ class AxialAttention2D(keras.layers.Layer):
 
     def _attend(self, inputs, strides, training):
         """Height pass then width pass, subsampling by `strides` after each."""
-        batch, height, width = ops.shape(inputs)[0], ops.shape(inputs)[1], ops.shape(inputs)[2]
-        # Height pass: every column is a sequence along H.
-        columns = ops.transpose(inputs, (0, 2, 1, 3))  # [B, W, H, C]
-        columns = ops.reshape(columns, (batch * width, height, inputs.shape[-1]))
-        columns = self.height_axis(columns, training=training)  # [B*W, H, Dv]
-        columns = _subsample(columns, strides)
+        batch, width = ops.shape(inputs)[0], ops.shape(inputs)[2]
+        # Height pass: attends along axis 1, every column a sequence (no transpose of the
+        # image: see AxialAttention._attends_in_place).
+        columns = _subsample(self.height_axis(inputs, training=training), strides)  # [B, H', W, Dv]
         height = ops.shape(columns)[1]
-        rows = ops.reshape(columns, (batch, width, height, self.total_value_depth))
         # Width pass: every row is a sequence along W.
-        rows = ops.transpose(rows, (0, 2, 1, 3))  # [B, H', W, Dv]
-        rows = ops.reshape(rows, (batch * height, width, self.total_value_depth))
+        rows = ops.reshape(columns, (batch * height, width, self.total_value_depth))
         rows = _subsample(self.width_axis(rows, training=training), strides)  # [B*H', W', Dv]
         return ops.reshape(rows, (batch, height, ops.shape(rows)[1], self.total_value_depth))
 
