@@ -364,9 +364,12 @@ class AxialAttention(keras.layers.Layer):
         outputs. Local attention and chunked global attention take that route.
         """
         n, length, x = inputs.shape[:3]
-        if self.span is not None or None in (n, length, x):
-            return False
-        return n * x * self.num_heads * length * length <= self.max_chunk_logits
+        return self.span is None and None not in (n, x) and self._fits_one_chunk(n * x, length)
+
+    def _fits_one_chunk(self, sequences, length):
+        """Whether global attention over `sequences` of `length` (static sizes) forms its logits at once."""
+        static = isinstance(sequences, int) and isinstance(length, int)
+        return static and sequences * self.num_heads * length * length <= self.max_chunk_logits
 
     def _attend_as_sequences(self, inputs, training):
         """`[N, L, X, C]` -> `[N, L, X, Dv]`, attended as `[N * X, L, C]` sequences."""
@@ -388,12 +391,7 @@ class AxialAttention(keras.layers.Layer):
         """
         lengths = (length, length, 0)
         logits_per_sequence = self.num_heads * length * length
-        count = ops.shape(projections[0])[0]
-        if len(projections[0].shape) == 4:
-            count = count * ops.shape(projections[0])[2]
-        one_chunk = (
-            isinstance(count, int) and isinstance(length, int) and count * logits_per_sequence <= self.max_chunk_logits
-        )
+        one_chunk = len(projections[0].shape) == 4 or self._fits_one_chunk(ops.shape(projections[0])[0], length)
         layouts = scales = None
         if not (training and self.batch_norm_similarity.trainable):
             scales = self._similarity_scales(self.batch_norm_similarity.moving_variance)
