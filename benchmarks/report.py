@@ -67,7 +67,8 @@ the quoted reference numbers and the separately run offline demo, which are labe
   loaded into a private module at benchmark time); "current" is the package's layer.
 - Times are medians over the timed calls after one warm-up call ("best" = fastest call);
   training = forward +
-  backward (gradients w.r.t. the input and every weight). GFLOP/s use the analytic count
+  backward (gradients w.r.t. the input and every weight, for a fixed random gradient of the
+  output: no loss ops in the timed step). GFLOP/s use the analytic count
   of `bench_utils.attention_2d_flops` (qkv projection + 3 similarity products + 2
   retrievals per pass; backward counted as 2x forward).
 """
