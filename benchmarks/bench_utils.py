@@ -7,6 +7,7 @@ collect results from any mix of scripts. Nothing here asserts on timings.
 """
 
 import json
+import linecache
 import os
 import pathlib
 import platform
@@ -143,6 +144,31 @@ def attention_2d_flops(shape, filters, num_heads=8, key_expansion=1, value_expan
     return total
 
 
+def source_at_commit(path, commit):
+    """The text of the repository file `path` at `commit`."""
+    return subprocess.check_output(["git", "-C", str(REPO_ROOT), "show", f"{commit}:{path}"], text=True)
+
+
+def private_module(name, text, origin):
+    """Executes `text` as a new module registered under `name` (not a package name).
+
+    Args:
+        name: Module name, e.g. "baseline_pipeline".
+        text: Python source.
+        origin: Where the source came from, for tracebacks (e.g. "c92d10d:name").
+
+    Returns:
+        The module.
+    """
+    module = types.ModuleType(name)
+    # Registered as the source of `origin`, so that tracebacks and AutoGraph (which reads the
+    # source of the functions it converts) find it.
+    linecache.cache[origin] = (len(text), None, text.splitlines(keepends=True), origin)
+    exec(compile(text, origin, "exec"), module.__dict__)  # noqa: S102 - our own git history
+    sys.modules[name] = module
+    return module
+
+
 def load_baseline_attention_2d(commit=BASELINE_COMMIT):
     """`AxialAttention2D` as it was at `commit`, loaded from git into private modules.
 
@@ -150,22 +176,19 @@ def load_baseline_attention_2d(commit=BASELINE_COMMIT):
     current one without keeping an old code path in the package.
     """
 
-    def source(path):
-        return subprocess.check_output(["git", "-C", str(REPO_ROOT), "show", f"{commit}:{path}"], text=True)
-
-    def private_module(name, text):
+    def baseline_source(path):
         # Registration would clash with the current classes of the same name.
-        text = text.replace('@keras.saving.register_keras_serializable(package="axial_tf")\n', "")
-        module = types.ModuleType(name)
-        exec(compile(text, f"{commit}:{name}", "exec"), module.__dict__)  # noqa: S102 - our own git history
-        sys.modules[name] = module
-        return module
+        return source_at_commit(path, commit).replace(
+            '@keras.saving.register_keras_serializable(package="axial_tf")\n', ""
+        )
 
-    private_module("baseline_axial_attention", source("axial_tf/layers/axial_attention.py"))
-    two_d = source("axial_tf/layers/axial_attention_2d.py").replace(
-        "from axial_tf.layers.axial_attention import", "from baseline_axial_attention import"
+    one_d = "baseline_axial_attention"
+    private_module(one_d, baseline_source("axial_tf/layers/axial_attention.py"), f"{commit}:{one_d}")
+    two_d = baseline_source("axial_tf/layers/axial_attention_2d.py").replace(
+        "from axial_tf.layers.axial_attention import", f"from {one_d} import"
     )
-    return private_module("baseline_axial_attention_2d", two_d).AxialAttention2D
+    name = "baseline_axial_attention_2d"
+    return private_module(name, two_d, f"{commit}:{name}").AxialAttention2D
 
 
 def cpu_model():

@@ -1,13 +1,14 @@
 """Runs the whole benchmark suite and writes BENCHMARKS.md.
 
-    python benchmarks/run_all.py                # full suite (about 12 minutes on 2 cores)
+    python benchmarks/run_all.py                # full suite (about 20 minutes on 2 cores)
     python benchmarks/run_all.py --quick        # smoke run: small sizes, one round
     python benchmarks/run_all.py --report_only  # rewrite BENCHMARKS.md from the last run's raw results
+    python benchmarks/run_all.py --sections resume_cost  # measure one section again, keep the rest
 
 Each measurement runs in its own process (TensorFlow on 2 threads) under a
 memory and time limit enforced from here; a case that exceeds them is reported
 as such, not dropped. Comparisons (baseline vs current layer, execution modes,
-dtype policies, attention vs conv block) are timed interleaved in one process.
+dtype policies, attention vs conv block, resume methods) are timed interleaved in one process.
 """
 
 import argparse
@@ -122,6 +123,9 @@ def plan(quick):
     steps.append(("train_step", "train_step.py", ["--steps", "3" if quick else "10"], 600))
     steps.append(("input_pipeline", "input_pipeline.py",
                   ["--batches", "20" if quick else "100", "--warmup_batches", "5" if quick else "10"], 600))
+    steps.append(("resume_cost", "resume_cost.py",
+                  ["--positions", "0,10000" if quick else "0,10000,100000,1000000", "--rounds", "1" if quick else "2"],
+                  900))
     steps.append(steps[0])  # the peak again: the report uses the better of the two
     return steps
 
@@ -136,11 +140,19 @@ def main():
     parser.add_argument("--output", default=str(REPO_ROOT / "BENCHMARKS.md"))
     parser.add_argument("--report_only", action="store_true",
                         help=f"Rewrite the report from the last run's {RAW_RESULTS.name} (e.g. after demo_run.py).")
+    parser.add_argument("--sections", default=None,
+                        help=f"Comma-separated sections to measure again (e.g. resume_cost); their results "
+                             f"replace those in {RAW_RESULTS.name}, the rest is kept, and the report says so.")
     args = parser.parse_args()
+    if args.report_only and args.sections:
+        parser.error("--report_only measures nothing; leave out --sections")
+    sections = _requested_sections(parser, args.sections, args.quick)
     if args.report_only:
         run = json.loads(RAW_RESULTS.read_text())
     else:
-        run = measure(args.quick)
+        run = measure(args.quick, sections)
+        if sections:
+            run = merge_sections(json.loads(RAW_RESULTS.read_text()), run)
         RAW_RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RAW_RESULTS.write_text(json.dumps(run, indent=1) + "\n")
     from report import write_report  # noqa: E402 - keeps this driver importable without TF
@@ -149,16 +161,51 @@ def main():
         args.output, [tuple(result) for result in run["results"]], run["versions"], quick=run["quick"],
         started=datetime.datetime.fromisoformat(run["started"]), elapsed_seconds=run["elapsed_seconds"],
         load=tuple(run["load"]), quoted=(QUOTED_DEEPLAB2_MS, QUOTED_PYTORCH_MS), baseline_commit=BASELINE_COMMIT,
+        remeasured=run.get("remeasured", []),
     )
     print(f"wrote {args.output}")
 
 
-def measure(quick):
-    """Runs every step of the plan; returns the raw results as a JSON-able dict."""
+def _requested_sections(parser, sections, quick):
+    """The `--sections` names as a set (None when not given); exits with a message for unknown names."""
+    if sections is None:
+        return None
+    requested = {name.strip() for name in sections.split(",") if name.strip()}
+    known = {section for section, *_ in plan(quick)}
+    if not requested or requested - known:
+        parser.error(f"--sections {sections!r}: unknown or no section names; known: {', '.join(sorted(known))}")
+    if not RAW_RESULTS.exists():
+        parser.error(f"--sections needs the stored results of a full run, {RAW_RESULTS}, which do not exist")
+    return requested
+
+
+def merge_sections(stored, partial):
+    """The stored run with the sections that `partial` measured replaced by its results.
+
+    Args:
+        stored: The raw results of a whole run (`measure`), possibly merged before.
+        partial: The raw results of a run of some sections only.
+
+    Returns:
+        The merged raw results; `remeasured` lists each replaced section with the date,
+        load and machine of the run that measured it.
+    """
+    sections = sorted({section for section, *_ in partial["results"]})
+    results = [result for result in stored["results"] if result[0] not in sections] + partial["results"]
+    remeasured = [entry for entry in stored.get("remeasured", []) if entry["section"] not in sections]
+    remeasured += [{"section": section, "started": partial["started"], "load": partial["load"],
+                    "quick": partial["quick"], "cpu": partial["versions"].get("cpu", "?")} for section in sections]
+    return {**stored, "results": results, "remeasured": remeasured}
+
+
+def measure(quick, sections=None):
+    """Runs the steps of the plan (those of `sections` only, if given); returns the raw results as a JSON-able dict."""
     started = datetime.datetime.now()
     load_before = machine_load()
     results = []  # [section, args, records, status]
     for section, script, script_args, timeout in plan(quick):
+        if sections is not None and section not in sections:
+            continue
         print(f"[{section}]", flush=True)
         env = {"TF_ENABLE_ONEDNN_OPTS": "0"} if section == "onednn_off" else None
         records, status, _ = run_script(script, script_args, timeout=timeout, env=env)

@@ -1,5 +1,8 @@
-"""Shared test set-up: quiet TF, CPU only, and the reference fixture folder."""
+"""Shared test set-up: quiet TF, CPU only, and the reference fixture roots."""
 
+import functools
+import glob
+import hashlib
 import os
 import pathlib
 import tempfile
@@ -12,29 +15,101 @@ os.environ.setdefault("TFDS_DATA_DIR", tempfile.mkdtemp(prefix="axial_tf_tfds_")
 import pytest  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-# The fixtures live beside the repository (../shared/fixtures); AXIAL_TF_FIXTURES overrides.
-FIXTURES_DIR = pathlib.Path(
-    os.environ.get("AXIAL_TF_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures")
-)
+# The reference fixtures ship with the tests (tests/fixtures/reference, see its README). More roots
+# of the same layout are read from AXIAL_TF_FIXTURES (os.pathsep-separated) and from the team's
+# ../shared/fixtures when it exists: later reference runs add cases there.
+IN_REPO_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "reference"
+SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+FIXTURES_ENV = "AXIAL_TF_FIXTURES"
+
+
+def _listed_roots():
+    """The extra roots named in AXIAL_TF_FIXTURES, as given (empty entries skipped)."""
+    return [entry for entry in os.environ.get(FIXTURES_ENV, "").split(os.pathsep) if entry.strip()]
+
+
+@functools.cache
+def fixture_roots():
+    """Every fixture root, the in-repo one first, each once."""
+    roots = [IN_REPO_FIXTURES]
+    roots += [pathlib.Path(entry).expanduser() for entry in _listed_roots()]
+    if SHARED_FIXTURES.is_dir():
+        roots.append(SHARED_FIXTURES)
+    unique = {}
+    for root in roots:
+        unique.setdefault(root.resolve(), root)
+    return list(unique.values())
+
+
+def pytest_configure(config):
+    """A root named in AXIAL_TF_FIXTURES that does not exist stops the run with one line."""
+    for entry in _listed_roots():
+        if not pathlib.Path(entry).expanduser().is_dir():
+            raise pytest.UsageError(f"{FIXTURES_ENV} lists {entry!r}, which is not a folder.")
+    if not IN_REPO_FIXTURES.is_dir():
+        raise pytest.UsageError(f"The in-repo reference fixtures are missing: {IN_REPO_FIXTURES}.")
+
+
+def fixture_root(case):
+    """The fixture root a case path (file or folder) comes from."""
+    resolved = pathlib.Path(case).resolve()
+    return next(root for root in fixture_roots() if resolved.is_relative_to(root.resolve()))
+
+
+def case_id(case):
+    """Test id of a case: its name, prefixed by its root's folder for cases outside the repository."""
+    root = fixture_root(case)
+    if root == IN_REPO_FIXTURES:
+        return case.stem
+    return f"{root.parent.name}/{root.name}:{case.stem}"
+
+
+def _case_files(case, case_is_folder):
+    """The files that make up one case: its folder, or the files sharing its stem."""
+    if case_is_folder:
+        return sorted(path for path in case.parent.rglob("*") if path.is_file())
+    return sorted(case.parent.glob(glob.escape(case.stem) + ".*"))
+
+
+def _fingerprint(case, root, case_is_folder):
+    """Relative paths and contents of a case: equal fingerprints are the same case."""
+    digest = hashlib.sha256()
+    for path in _case_files(case, case_is_folder):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def fixture_cases(subdir, pattern):
-    """Lists every fixture case matching `pattern` under FIXTURES_DIR/subdir.
+    """Lists every fixture case matching `pattern` under `subdir` of every fixture root.
 
-    Tests parametrize over the result, so a case added to the folder later is
-    tested without a code change. A missing folder is a hard error, not a skip:
-    CI always has the fixtures and a silent skip would hide a broken checkout.
+    Tests parametrize over the result (ids from `case_id`), so a case added to any root later
+    is tested without a code change. A case that another root already holds byte for byte
+    (the in-repo copy of a shared case) is listed once. Every root need not hold every family,
+    but the in-repo root must: a family missing there is a hard error, not a skip.
+
+    Args:
+        subdir: The family's folder inside a root, e.g. "deeplab2/layers".
+        pattern: A glob under it; "*/name" patterns make folder cases, others file cases.
     """
-    folder = FIXTURES_DIR / subdir
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"Reference fixtures not found at {folder}; set AXIAL_TF_FIXTURES to the "
-            "shared/fixtures folder."
-        )
-    cases = sorted(folder.glob(pattern))
+    case_is_folder = "/" in pattern
+    if not (IN_REPO_FIXTURES / subdir).is_dir():
+        raise FileNotFoundError(f"Reference fixtures not found at {IN_REPO_FIXTURES / subdir}.")
+    cases, seen = [], set()
+    for root in fixture_roots():
+        for case in sorted((root / subdir).glob(pattern)):
+            fingerprint = _fingerprint(case, root, case_is_folder)
+            if fingerprint not in seen:
+                seen.add(fingerprint)
+                cases.append(case)
     if not cases:
-        raise FileNotFoundError(f"No fixture matching {pattern!r} in {folder}.")
+        raise FileNotFoundError(f"No fixture matching {pattern!r} in {IN_REPO_FIXTURES / subdir}.")
     return cases
+
+
+def fixture_files(relative_path):
+    """The file at `relative_path` in every fixture root that has it (in-repo first)."""
+    return [root / relative_path for root in fixture_roots() if (root / relative_path).is_file()]
 
 
 @pytest.fixture(autouse=True)

@@ -245,3 +245,16 @@ def test_mixed_precision_close_to_float32(policy, span):
         y = layer(x, training=training)
         assert keras.backend.standardize_dtype(y.dtype) == policy.split("_")[1]
         np.testing.assert_allclose(np.asarray(y, np.float32), reference, atol=tolerance)
+
+
+def test_defaults_follow_deeplab2_signature():
+    # DeepLab2's AxialAttention(): 512 key, 1024 value channels, 8 heads.
+    layer = AxialAttention()
+    assert (layer.total_key_depth, layer.total_value_depth, layer.num_heads) == (512, 1024, 8)
+    x = np.zeros((2, 5, 32), "float32")  # [N, L, C]
+    assert layer(x).shape == (2, 5, 1024)
+    clone = AxialAttention.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    clone(x)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(np.asarray(clone(x)), np.asarray(layer(x)), atol=1e-6)

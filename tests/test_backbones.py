@@ -6,13 +6,22 @@ import numpy as np
 import pytest
 
 import keras
-from conftest import FIXTURES_DIR
+from conftest import fixture_files
 from axial_tf.layers import resize_bilinear_align_corners
 from axial_tf.layers.resized_fuse import ResizedFuse
 from axial_tf.models import AxialResNet, endpoint_strides, get_backbone, list_backbones, stage_plan
 from axial_tf.models.axial_resnet import stacked_decoder_plan
 
-GOLDENS = json.loads((FIXTURES_DIR / "deeplab2" / "param_counts.json").read_text())["results"]
+def _goldens():
+    """DeepLab2's parameter counts from every fixture root, each instance and multiplier once."""
+    goldens = {}
+    for path in fixture_files("deeplab2/param_counts.json"):
+        for result in json.loads(path.read_text())["results"]:
+            goldens.setdefault((result["name"], result["backbone_layer_multiplier"]), result)
+    return list(goldens.values())
+
+
+GOLDENS = _goldens()
 # The largest instances take ~15 s and ~2 GB each to build: run them with -m slow.
 _SLOW_PARAMS = 150e6
 

@@ -1,4 +1,8 @@
-"""Classification data: image-folder builder, ImageNet wiring, pipelines."""
+"""Classification data: image-folder builder (round trip, invalid and oversized
+images, splits without a valid example, folders edited after preparing),
+ImageNet wiring, pipelines."""
+
+import os
 
 import numpy as np
 import PIL.Image
@@ -7,6 +11,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from axial_tf import data
+from axial_tf.data.source_fingerprint import SourceChangedError
 
 tfds.display_progress_bar(False)
 
@@ -27,11 +32,12 @@ def _write_folder(root):
     (root / "train" / "cat" / "notes.txt").write_text("not an image")
 
 
-def _builder(root, data_dir, **config):
+def _builder(root, data_dir, rebuild_on_change=False, **config):
     return data.get_builder(
         "image_folder_classification",
         data_dir=str(data_dir),
         config={"name": "pets", "root": str(root), **config},
+        rebuild_on_change=rebuild_on_change,
     )
 
 
@@ -106,6 +112,76 @@ def test_skip_invalid_counts(tmp_path):
     assert "bird0.png" in report["validation"]["messages"][0]
     assert builder.info.splits["train"].num_examples == 5
     assert builder.info.splits["validation"].num_examples == 5
+
+
+def test_oversized_image_is_an_invalid_example(tmp_path, monkeypatch):
+    _write_folder(tmp_path / "src")
+    _write_image(tmp_path / "src" / "train" / "cat" / "huge.png", 40, size=(40, 30))
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)  # 1200 pixels: PIL would only warn
+    with pytest.raises(data.DataValidationError, match=r"Oversized image .*cat/huge.png") as error:
+        data.prepare(_builder(tmp_path / "src", tmp_path / "tfds"))
+    assert "\n" not in str(error.value)
+    builder = data.prepare(_builder(tmp_path / "src", tmp_path / "skip", skip_invalid=True))
+    assert "cat/huge.png" not in _records(builder, "train") and len(_records(builder, "train")) == 6
+
+
+def test_split_without_valid_examples_names_split_and_folder(tmp_path):
+    _write_folder(tmp_path / "src")
+    for image in (tmp_path / "src" / "val").glob("*/*"):
+        image.write_bytes(b"not an image")
+    with pytest.raises(data.DataValidationError) as error:
+        data.prepare(_builder(tmp_path / "src", tmp_path / "tfds", skip_invalid=True))
+    message = str(error.value)
+    assert f"split 'validation' has no valid example in {tmp_path / 'src' / 'val'}" in message
+    assert "all 5 were skipped as invalid, e.g." in message
+    assert "Corrupt or unreadable image" in message
+    assert "\n" not in message
+    for image in (tmp_path / "src" / "val").glob("*/*"):
+        image.unlink()
+    empty = "'validation' has no valid example in .*val: it lists no examples"
+    with pytest.raises(data.DataValidationError, match=empty):
+        data.prepare(_builder(tmp_path / "src", tmp_path / "tfds2"))
+
+
+FOLDER_EDITS = {
+    "image added": (
+        lambda src: _write_image(src / "train" / "dog" / "dog9.png", 140),
+        "train images {src}/train has 7 files instead of 6",
+    ),
+    "image rewritten": (
+        lambda src: _write_image(src / "val" / "cat" / "cat0.png", 40, size=(13, 10)),
+        "validation images {src}/val has files with another size or modification time",
+    ),
+    "empty class folder added": (
+        lambda src: (src / "train" / "bird").mkdir(),
+        "classes {src}/train has another content",
+    ),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(FOLDER_EDITS))
+def test_edited_folder_stops_with_one_line_naming_the_change(tmp_path, edit):
+    _write_folder(tmp_path / "src")
+    data.prepare(_builder(tmp_path / "src", tmp_path / "tfds"))
+    apply_edit, expected = FOLDER_EDITS[edit]
+    apply_edit(tmp_path / "src")
+    with pytest.raises(SourceChangedError) as error:
+        data.prepare(_builder(tmp_path / "src", tmp_path / "tfds"))
+    message = str(error.value)
+    assert expected.format(src=tmp_path / "src") in message
+    assert "rebuild_on_change: true" in message and "\n" not in message
+
+
+def test_edited_folder_is_rebuilt_on_request(tmp_path):
+    _write_folder(tmp_path / "src")
+    data.prepare(_builder(tmp_path / "src", tmp_path / "tfds"))
+    FOLDER_EDITS["image added"][0](tmp_path / "src")
+    (tmp_path / "src" / "train" / "bird").mkdir()
+    builder = data.prepare(_builder(tmp_path / "src", tmp_path / "tfds", rebuild_on_change=True))
+    info = data.dataset_info_from_builder(builder)
+    assert info.class_names == ("bird", "cat", "dog") and info.splits["train"] == 7
+    assert _records(builder, "train")["dog/dog9.png"]["label"] == 2
+    assert os.listdir(os.path.dirname(builder.data_dir)) == ["1.0.0"]
 
 
 def test_imagenet_needs_its_manual_dir(tmp_path):

@@ -1,7 +1,11 @@
 """COCO-panoptic builders: folder round trip (synthetic and real VOC labels),
-Cityscapes and COCO 2017 manual-dir layouts, and invalid-input handling."""
+Cityscapes and COCO 2017 manual-dir layouts, invalid-input handling (corrupt
+files, JSON entries without the keys the builder needs, oversized images,
+duplicate images, splits without a valid example) and sources edited after
+preparing."""
 
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -10,6 +14,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from axial_tf import data
+from axial_tf.data.source_fingerprint import SourceChangedError
+from training_helpers import TINY_PANOPTIC, run_tool
 
 tfds.display_progress_bar(False)
 
@@ -108,11 +114,12 @@ def _records_by_name(builder, split):
     }
 
 
-def _folder_builder(root, data_dir, **config):
+def _folder_builder(root, data_dir, rebuild_on_change=False, **config):
     return data.get_builder(
         "coco_panoptic_folder",
         data_dir=str(data_dir),
         config={"name": "toy", "root": str(root), **config},
+        rebuild_on_change=rebuild_on_change,
     )
 
 
@@ -203,12 +210,72 @@ def test_label_space_from_sources_and_split_consistency(tmp_path):
         data.prepare(_folder_builder(tmp_path / "src", tmp_path / "tfds"))
 
 
+def _edit_json(json_path, edit):
+    """Applies `edit(content)` to a JSON file in place."""
+    content = json.loads(pathlib.Path(json_path).read_text())
+    edit(content)
+    pathlib.Path(json_path).write_text(json.dumps(content))
+
+
+# Edits of the second train entry: (JSON edit, culprit the message names, message pattern).
+JSON_DEFECTS = {
+    "unknown category": (
+        lambda c: c["annotations"][1]["segments_info"][0].update(category_id=99),
+        "img1.png",
+        "category_id 99",
+    ),
+    "id not in segments_info": (
+        lambda c: c["annotations"][1]["segments_info"].pop(),
+        "img1.png",
+        r"segment ids \[999\] appear in the PNG",
+    ),
+    "annotation without file_name": (
+        lambda c: c["annotations"][1].pop("file_name"),
+        "annotations[1]",
+        r"panoptic_train.json: annotations\[1\] has no 'file_name'",
+    ),
+    "annotation without image_id": (
+        lambda c: c["annotations"][1].pop("image_id"),
+        "img1.png",
+        r"annotations\[1\] \(img1.png\) has no 'image_id'",
+    ),
+    "annotation of an unlisted image_id": (
+        lambda c: c["annotations"][1].update(image_id=77),
+        "img1.png",
+        r"refers to image_id 77, which is not in `images`",
+    ),
+    "segment without category_id": (
+        lambda c: c["annotations"][1]["segments_info"][0].pop("category_id"),
+        "img1.png",
+        r"\(img1.png\) segments_info\[0\] has no 'category_id'",
+    ),
+    "segment without id": (
+        lambda c: c["annotations"][1]["segments_info"][2].pop("id"),
+        "img1.png",
+        r"segments_info\[2\] has no 'id'",
+    ),
+    "non-integer category_id": (
+        lambda c: c["annotations"][1]["segments_info"][0].update(category_id="car"),
+        "img1.png",
+        r"has category_id 'car', not a non-negative integer",
+    ),
+    "image entry without file_name": (
+        lambda c: c["images"][1].pop("file_name"),
+        "images[1]",
+        r"panoptic_train.json: images\[1\] has no 'file_name'",
+    ),
+}
+
+
 def _write_bad_folder(root, defect):
-    """A train split of three samples, the second with `defect`; val is clean."""
+    """A train split of three samples, the second with `defect`; val is clean.
+
+    Returns:
+        The culprit the error message must name (a file or a JSON entry).
+    """
     samples = [_synthetic_sample(f"img{i}", seed=i)[0] for i in range(3)]
     _write_coco_layout(root, "train", samples)
     _write_coco_layout(root, "val", [samples[0]])
-    json_path = root / "annotations" / "panoptic_train.json"
     if defect == "corrupt image":
         image_path = root / "train" / "img1.png"
         image_path.write_bytes(image_path.read_bytes()[:60])
@@ -216,40 +283,36 @@ def _write_bad_folder(root, defect):
     if defect == "missing label":
         (root / "annotations" / "panoptic_train" / "img1.png").unlink()
         return "img1.png"
-    content = json.loads(json_path.read_text())
-    if defect == "unknown category":
-        content["annotations"][1]["segments_info"][0]["category_id"] = 99
-    elif defect == "id not in segments_info":
-        del content["annotations"][1]["segments_info"][-1]
-    json_path.write_text(json.dumps(content))
-    return "img1.png"
+    edit, culprit, _ = JSON_DEFECTS[defect]
+    _edit_json(root / "annotations" / "panoptic_train.json", edit)
+    return culprit
 
 
 DEFECTS = {
     "corrupt image": "Corrupt or unreadable image",
     "missing label": "Missing panoptic label file",
-    "unknown category": "category_id 99",
-    "id not in segments_info": r"segment ids \[999\] appear in the PNG",
+    **{defect: pattern for defect, (_, _, pattern) in JSON_DEFECTS.items()},
 }
 
 
 @pytest.mark.parametrize("defect", sorted(DEFECTS))
 def test_invalid_input_is_reported_with_the_file_name(tmp_path, defect):
-    bad_file = _write_bad_folder(tmp_path / "src", defect)
+    culprit = _write_bad_folder(tmp_path / "src", defect)
     builder = _folder_builder(tmp_path / "src", tmp_path / "tfds")
     with pytest.raises(data.DataValidationError, match=DEFECTS[defect]) as error:
         data.prepare(builder)
-    assert bad_file in str(error.value)
+    assert culprit in str(error.value)
+    assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("defect", sorted(DEFECTS))
 def test_skip_invalid_skips_and_counts(tmp_path, defect):
-    _write_bad_folder(tmp_path / "src", defect)
+    culprit = _write_bad_folder(tmp_path / "src", defect)
     builder = data.prepare(_folder_builder(tmp_path / "src", tmp_path / "tfds", skip_invalid=True))
     assert sorted(_records_by_name(builder, "train")) == ["img0.png", "img2.png"]
     report = builder.info.metadata["invalid_examples"]
     assert report["train"]["count"] == 1 and report["validation"]["count"] == 0
-    assert "img1.png" in report["train"]["messages"][0]
+    assert culprit in report["train"]["messages"][0]
     # The count survives reloading the prepared dataset.
     reloaded = _folder_builder(tmp_path / "src", tmp_path / "tfds", skip_invalid=True)
     assert reloaded.info.metadata["invalid_examples"]["train"]["count"] == 1
@@ -390,3 +453,237 @@ def test_coco2017_from_manual_dir(tmp_path):
     record = _records_by_name(builder, "train")["000000000139.jpg"]
     np.testing.assert_array_equal(record["panoptic_label"], expected)
     assert record["image"].shape == (20, 24, 3)
+
+
+@pytest.mark.parametrize(
+    "edit, pattern",
+    [
+        (lambda c: c["categories"][2].pop("id"), r"categories\[2\] has no 'id'"),
+        (lambda c: c["categories"][0].pop("name"), r"categories\[0\] has no 'name'"),
+        (lambda c: c["images"][2].pop("id"), r"images\[2\] has no 'id'"),
+        (lambda c: c["images"][2].update(id=0), r"images\[2\] has id 0, as images\[0\] does"),
+        (lambda c: c.update(annotations={"a": 1}), r"'annotations' is a dict, not a list"),
+    ],
+    ids=["category id", "category name", "image id", "duplicate image id", "annotations object"],
+)
+def test_broken_json_structure_fails_the_split_even_when_skipping(tmp_path, edit, pattern):
+    _write_bad_folder(tmp_path / "src", "corrupt image")
+    _edit_json(tmp_path / "src" / "annotations" / "panoptic_train.json", edit)
+    builder = _folder_builder(tmp_path / "src", tmp_path / "tfds", skip_invalid=True)
+    with pytest.raises(data.DataValidationError, match=pattern) as error:
+        data.prepare(builder)
+    assert "panoptic_train.json" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_same_file_name_in_two_sub_folders_gives_two_records(tmp_path):
+    a, expected_a = _synthetic_sample("a", seed=0)
+    b, expected_b = _synthetic_sample("b", seed=1)
+    a.update(image_file="day/frame.png", label_file="a.png")
+    b.update(image_file="night/frame.png", label_file="b.png")
+    _write_coco_layout(tmp_path / "src", "train", [a, b])
+    _write_coco_layout(tmp_path / "src", "val", [a])
+    builder = data.prepare(_folder_builder(tmp_path / "src", tmp_path / "tfds"))
+    records = _records_by_name(builder, "train")
+    assert sorted(records) == ["day/frame.png", "night/frame.png"]
+    np.testing.assert_array_equal(records["day/frame.png"]["panoptic_label"], expected_a)
+    np.testing.assert_array_equal(records["night/frame.png"]["panoptic_label"], expected_b)
+    np.testing.assert_array_equal(records["night/frame.png"]["image"], b["image"])
+
+
+@pytest.mark.parametrize("second_name", ["frame.png", "./frame.png"])
+def test_two_entries_for_one_image_name_both(tmp_path, second_name):
+    samples = [_synthetic_sample(f"img{i}", seed=i)[0] for i in range(3)]
+    _write_coco_layout(tmp_path / "src", "train", samples)
+    _write_coco_layout(tmp_path / "src", "val", samples[:1])
+    json_path = tmp_path / "src" / "annotations" / "panoptic_train.json"
+    _edit_json(json_path, lambda c: c["images"][0].update(file_name="frame.png"))
+    _edit_json(json_path, lambda c: c["images"][2].update(file_name=second_name))
+    (tmp_path / "src" / "train" / "img0.png").rename(tmp_path / "src" / "train" / "frame.png")
+    with pytest.raises(data.DataValidationError) as error:
+        data.prepare(_folder_builder(tmp_path / "src", tmp_path / "tfds"))
+    message = str(error.value)
+    assert r"annotations[2] (img2.png) and" in message and "annotations[0] (img0.png)" in message
+    assert "frame.png; each image may be annotated once" in message and "\n" not in message
+    builder = data.prepare(_folder_builder(tmp_path / "src", tmp_path / "skip", skip_invalid=True))
+    assert sorted(_records_by_name(builder, "train")) == ["frame.png", "img1.png"]
+
+
+def test_a_split_without_valid_examples_names_split_source_and_reasons(tmp_path):
+    _write_bad_folder(tmp_path / "src", "unknown category")
+    json_path = tmp_path / "src" / "annotations" / "panoptic_train.json"
+    _edit_json(
+        json_path,
+        lambda c: [a["segments_info"][0].update(category_id=99) for a in c["annotations"]],
+    )
+    builder = _folder_builder(tmp_path / "src", tmp_path / "tfds", skip_invalid=True)
+    with pytest.raises(data.DataValidationError) as error:
+        data.prepare(builder)
+    message = str(error.value)
+    assert f"split 'train' has no valid example in {json_path}" in message
+    assert "all 3 were skipped as invalid, e.g." in message and message.count("category_id 99") == 3
+    assert "\n" not in message and "No examples were yielded" not in message
+
+    _edit_json(json_path, lambda c: c.update(annotations=[]))
+    with pytest.raises(data.DataValidationError, match="'train' has no .*: it lists no examples"):
+        data.prepare(_folder_builder(tmp_path / "src", tmp_path / "tfds2"))
+
+
+def _upscaled(sample, factor):
+    """The sample with its image and segment ids `factor` times larger on each side."""
+    grow = lambda array: np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)  # noqa: E731
+    return {**sample, "image": grow(sample["image"]), "segment_ids": grow(sample["segment_ids"])}
+
+
+# PIL warns between MAX_IMAGE_PIXELS and twice it, and raises above; both are invalid examples.
+@pytest.mark.parametrize("pixel_limit", [1000, 900], ids=["warning range", "error range"])
+def test_oversized_image_is_an_invalid_example(tmp_path, monkeypatch, pixel_limit):
+    samples = [_synthetic_sample(f"img{i}", seed=i)[0] for i in range(3)]
+    samples[1] = _upscaled(samples[1], 2)  # 40 x 48 = 1920 pixels; the others have 480
+    _write_coco_layout(tmp_path / "src", "train", samples)
+    _write_coco_layout(tmp_path / "src", "val", samples[:1])
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", pixel_limit)
+    oversized = r"Oversized image .*img1.png: Image size \(1920 pixels\)"
+    with pytest.raises(data.DataValidationError, match=oversized) as error:
+        data.prepare(_folder_builder(tmp_path / "src", tmp_path / "tfds"))
+    assert "MAX_IMAGE_PIXELS" in str(error.value) and "\n" not in str(error.value)
+    builder = data.prepare(_folder_builder(tmp_path / "src", tmp_path / "skip", skip_invalid=True))
+    assert sorted(_records_by_name(builder, "train")) == ["img0.png", "img2.png"]
+    # The builder turned PIL's warning into an error only while reading: it is a warning again.
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.warns(PIL.Image.DecompressionBombWarning):
+        PIL.Image.open(tmp_path / "src" / "train" / "img1.png").close()
+
+
+def _prepared_toy(tmp_path):
+    """A prepared 3-image train / 1-image val folder dataset; returns (source root, builder)."""
+    samples = [_synthetic_sample(f"img{i}", seed=i)[0] for i in range(3)]
+    _write_coco_layout(tmp_path / "src", "train", samples)
+    _write_coco_layout(tmp_path / "src", "val", samples[:1])
+    return tmp_path / "src", data.prepare(_folder_builder(tmp_path / "src", tmp_path / "tfds"))
+
+
+def _rename_sky_and_drop_img2(src):
+    """Renames class "sky" to "cloud" in both splits and drops train's img2 annotation."""
+    for split_folder in ("train", "val"):
+        _edit_json(
+            src / "annotations" / f"panoptic_{split_folder}.json",
+            lambda c: c["categories"][3].update(name="cloud"),
+        )
+    _edit_json(src / "annotations" / "panoptic_train.json", lambda c: c["annotations"].pop(2))
+
+
+def _touch(path):
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+
+
+SOURCE_EDITS = {
+    "class renamed, annotation dropped": (
+        _rename_sky_and_drop_img2,
+        "train annotations {src}/annotations/panoptic_train.json has another content; "
+        "validation annotations {src}/annotations/panoptic_val.json has another content",
+    ),
+    "image rewritten": (
+        lambda src: _touch(src / "train" / "img1.png"),
+        "train images {src}/train has files with another size or modification time",
+    ),
+    "label added": (
+        lambda src: _write_ids_png(
+            src / "annotations" / "panoptic_val" / "new.png", np.zeros((2, 2), np.int64)
+        ),
+        "validation panoptic PNGs {src}/annotations/panoptic_val has 2 files instead of 1",
+    ),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(SOURCE_EDITS))
+def test_edited_sources_stop_with_one_line_naming_the_change(tmp_path, edit):
+    src, _ = _prepared_toy(tmp_path)
+    apply_edit, expected = SOURCE_EDITS[edit]
+    apply_edit(src)
+    with pytest.raises(SourceChangedError) as error:
+        data.prepare(_folder_builder(src, tmp_path / "tfds"))
+    message = str(error.value)
+    assert message.startswith(
+        "coco_panoptic_folder/toy: the sources changed since the dataset was prepared ("
+    )
+    assert expected.format(src=src) in message
+    assert message.count(str(src)) == expected.count("{src}")  # only the changed sources
+    assert "rebuild_on_change: true" in message and "\n" not in message
+    assert isinstance(error.value, ValueError)  # the tools report ValueErrors as one line
+
+
+def test_rebuild_on_change_rebuilds_and_removes_the_old_records(tmp_path):
+    src, _ = _prepared_toy(tmp_path)
+    _rename_sky_and_drop_img2(src)
+    builder = data.prepare(_folder_builder(src, tmp_path / "tfds", rebuild_on_change=True))
+    assert data.dataset_info_from_builder(builder).class_names == ("road", "cloud", "person", "car")
+    assert sorted(_records_by_name(builder, "train")) == ["img0.png", "img1.png"]
+    assert sorted(os.listdir(pathlib.Path(builder.data_dir).parent)) == ["1.0.0"]
+    # The rebuilt dataset matches its sources: a builder without the option loads it.
+    reloaded = data.prepare(_folder_builder(src, tmp_path / "tfds"))
+    assert reloaded.info.splits["train"].num_examples == 2
+
+
+def test_failed_rebuild_keeps_the_old_records(tmp_path):
+    src, prepared = _prepared_toy(tmp_path)
+    _edit_json(
+        src / "annotations" / "panoptic_train.json",
+        lambda c: c["annotations"][1]["segments_info"][0].update(category_id=99),
+    )
+    with pytest.raises(data.DataValidationError, match="category_id 99"):
+        data.prepare(_folder_builder(src, tmp_path / "tfds", rebuild_on_change=True))
+    assert sorted(os.listdir(pathlib.Path(prepared.data_dir).parent)) == ["1.0.0"]
+    old = _folder_builder(src, tmp_path / "tfds")
+    assert sorted(_records_by_name(old, "train")) == ["img0.png", "img1.png", "img2.png"]
+
+
+def test_unchanged_or_removed_sources_load_the_prepared_records(tmp_path):
+    src, _ = _prepared_toy(tmp_path)
+    builder = _folder_builder(src, tmp_path / "tfds", rebuild_on_change=True)
+    assert data.prepare(builder) is builder  # unchanged: not rebuilt
+    src.rename(tmp_path / "elsewhere")
+    builder = _folder_builder(src, tmp_path / "tfds")
+    assert data.prepare(builder) is builder
+    assert len(_records_by_name(builder, "train")) == 3
+
+
+def test_records_prepared_without_a_fingerprint_load_with_a_warning(tmp_path, caplog):
+    src, prepared = _prepared_toy(tmp_path)
+    metadata_path = pathlib.Path(prepared.data_dir) / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    del metadata["source_fingerprint"]
+    metadata_path.write_text(json.dumps(metadata))
+    _rename_sky_and_drop_img2(src)
+    builder = data.prepare(_folder_builder(src, tmp_path / "tfds"))
+    assert builder.info.splits["train"].num_examples == 3
+    assert "has no source fingerprint" in caplog.text
+
+
+def test_rebuild_on_change_keeps_a_predefined_config_and_needs_sources(tmp_path):
+    builder = data.get_builder(
+        "cityscapes_panoptic", data_dir=str(tmp_path), rebuild_on_change=True
+    )
+    assert builder.builder_config.name == "default" and builder.rebuild_on_change
+    assert not data.get_builder("cityscapes_panoptic", data_dir=str(tmp_path)).rebuild_on_change
+    with pytest.raises(ValueError, match="'panoptic_shapes' is not read from source folders"):
+        data.get_builder("panoptic_shapes", config="tiny", rebuild_on_change=True)
+
+
+def test_train_tool_reports_edited_sources_in_one_line(tmp_path):
+    src, _ = _prepared_toy(tmp_path)
+    _rename_sky_and_drop_img2(src)
+    config = TINY_PANOPTIC.read_text().replace(
+        "dataset: panoptic_shapes\n  builder_options: {config: tiny}",
+        f"dataset: coco_panoptic_folder\n  data_dir: {tmp_path / 'tfds'}\n"
+        f"  builder_options: {{config: {{name: toy, root: {src}}}}}",
+    ).replace("num_classes: 7", "num_classes: 4")
+    assert "coco_panoptic_folder" in config
+    (tmp_path / "config.yaml").write_text(config)
+    result = run_tool(
+        "train", "--config", tmp_path / "config.yaml", "--model_dir", tmp_path / "run"
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1 and "the sources changed" in error_lines[0]
+    assert "panoptic_train.json has another content" in error_lines[0]

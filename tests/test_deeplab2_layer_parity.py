@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import fixture_cases
+from conftest import case_id, fixture_cases
 from deeplab2_layer_cases import load_case
 from axial_tf.checkpoints import deeplab2_variable_map
 
@@ -11,7 +11,7 @@ CASES = fixture_cases("deeplab2/layers", "*.json")
 TOLERANCE = 1e-4
 
 
-@pytest.mark.parametrize("json_path", CASES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("json_path", CASES, ids=case_id)
 def test_outputs_match_deeplab2(json_path):
     spec, arrays, layer, names = load_case(json_path)
     x = arrays["input"]
@@ -49,7 +49,7 @@ def _conv_bn_count(layer, name, x):
     return batch * height * width
 
 
-@pytest.mark.parametrize("json_path", CASES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("json_path", CASES, ids=case_id)
 def test_parameter_counts_match_deeplab2(json_path):
     spec, _, layer, _ = load_case(json_path)
     trainable = sum(int(np.prod(v.shape)) for v in layer.trainable_weights)

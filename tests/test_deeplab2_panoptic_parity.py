@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import fixture_cases
+from conftest import case_id, fixture_cases
 from axial_tf.checkpoints.deeplab2_converter import load_deeplab2_checkpoint, read_deeplab2_experiment
 from axial_tf.models.factory import build_model
 from axial_tf.models.inference import predict_panoptic
@@ -39,7 +39,7 @@ def _options(case, config):
     )
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda p: p.name)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_converted_checkpoint_reproduces_deeplab2(case):
     config, model, report = _converted(case)
     info = json.loads((case / "io.json").read_text())
@@ -70,7 +70,7 @@ def test_converted_checkpoint_reproduces_deeplab2(case):
         np.testing.assert_array_equal(np.asarray(predictions[key]), io[key], err_msg=key)
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda p: p.name)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_experiment_file_gives_the_architecture(case):
     config, model, _ = _converted(case)
     info = json.loads((case / "io.json").read_text())

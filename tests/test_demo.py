@@ -2,12 +2,19 @@
 
 import json
 
+import numpy as np
+import PIL.Image
 import tensorflow as tf
 
 from conftest import REPO_ROOT
 from training_helpers import run_tool
 
+from axial_tf.data.shapes_renderer import CLASS_NAMES
+from axial_tf.utils.visualization import class_palette, prediction_grid
+
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo" / "panoptic_shapes.yaml"
+# axial_tf/tools/demo.py's PICTURE_EXAMPLES and PICTURE_SCALE (importing it would define its absl flags here).
+PICTURE_EXAMPLES, PICTURE_SCALE = 4, 3
 
 
 def test_demo_config_is_what_the_notes_describe():
@@ -34,6 +41,15 @@ def test_demo_runs_end_to_end(tmp_path):
     loaded = tf.saved_model.load(summary["saved_model"])
     outputs = loaded.signatures["serving_default"](tf.zeros((1, 64, 64, 3), tf.uint8))
     assert outputs["panoptic_pred"].shape == (1, 64, 64)
+    picture = model_dir / "predictions.png"
+    assert f"Predictions: {picture}" in result.stdout
+    with PIL.Image.open(picture) as image:
+        assert image.format == "PNG" and image.mode == "RGB"
+        size = image.size  # (width, height)
+    blank = np.zeros((PICTURE_EXAMPLES, 64, 64), np.int32)  # [N, H, W]
+    expected = prediction_grid(np.zeros(blank.shape + (3,), np.uint8), blank, blank, 1000,
+                               class_palette(len(CLASS_NAMES)), CLASS_NAMES, scale=PICTURE_SCALE)
+    assert size == (expected.shape[1], expected.shape[0])
 
 
 def test_demo_reports_config_errors_without_traceback(tmp_path):

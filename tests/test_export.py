@@ -317,6 +317,27 @@ def test_export_info_describes_label_space_and_contract(exported):
     assert (exported.dir / "assets.extra" / EXPORT_INFO_FILENAME).exists()
 
 
+def test_served_model_refuses_bad_requests_before_decoding(exported):
+    from test_serving_inputs import blank_png
+
+    default, encoded = exported.loaded.signatures["serving_default"], exported.loaded.signatures["serving_encoded"]
+    refused = [
+        (default, {"images": tf.zeros([1, 33, 47, 1], tf.uint8)}, "images: expected uint8 [B, H, W, 3]"),
+        (default, {"images": tf.zeros([0, 33, 47, 3], tf.uint8)}, "got shape [0 33 47 3]"),
+        (default, {"images": tf.zeros([1, 4001, 4000, 3], tf.uint8)}, "over the limit of 16 megapixels per request"),
+        (encoded, {"image_bytes": tf.constant(encode_png(exported.images["tall"]))},
+         "image_bytes: expected string [B]"),
+        (encoded, {"image_bytes": tf.constant([], tf.string)}, "got shape [0]"),
+        (encoded, {"image_bytes": tf.constant([blank_png(8000, 8000)])},
+         "image_bytes[0]: a 8000x8000 image decodes to 64 megapixels, over the limit of 16 megapixels per image"),
+    ]
+    for signature, inputs, message in refused:
+        with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+            signature(**inputs)
+        assert message in raised.value.message
+    assert read_export_info(exported.dir)["max_megapixels"] == 16.0
+
+
 def test_graph_ops_are_all_registered_in_a_fresh_process(exported, tmp_path):
     op_types = saved_model_op_types(exported.dir)
     assert {"Conv2D", "BatchMatMulV2", "TopKV2", "DecodeImage", "StatelessWhile"} <= set(op_types)

@@ -227,3 +227,22 @@ def test_config_round_trip(layer):
     clone.set_weights(layer.get_weights())
     np.testing.assert_allclose(np.asarray(clone(x)), np.asarray(layer(x)), atol=1e-6)
     assert keras.saving.get_registered_name(layer.__class__).startswith("axial_tf>")
+
+
+@pytest.mark.parametrize(
+    "kwargs,expected_shape",
+    [
+        ({}, (2, 5, 5, 1024)),
+        ({"filters": 32}, (2, 5, 5, 64)),
+        ({"value_expansion": 1}, (2, 5, 5, 512)),
+        ({"strides": 2}, (2, 3, 3, 1024)),
+    ],
+)
+def test_attention_2d_defaults_follow_deeplab2_signature(kwargs, expected_shape):
+    # DeepLab2's AxialAttention2D(): filters 512, 8 heads, key x1, value x2, stride 1.
+    layer = AxialAttention2D(**kwargs)
+    x = np.zeros((2, 5, 5, 32), "float32")  # [B, H, W, C]
+    assert layer(x).shape == expected_shape
+    clone = AxialAttention2D.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    assert clone(x).shape == expected_shape

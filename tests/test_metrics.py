@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, fixture_cases
+from conftest import REPO_ROOT, case_id, fixture_cases
 from axial_tf.metrics import (
     PanopticEvaluator,
     PanopticInstanceAP,
@@ -67,10 +67,6 @@ class EvalCase:
         return batch[0], batch[1]
 
 
-def _case_id(path):
-    return path.name
-
-
 def _assert_report_matches(report, expected_panoptic, expected_semantic):
     """Compares a PanopticEvaluator report with an expected.json block."""
     for group, suffix in PQ_GROUPS.items():
@@ -103,7 +99,7 @@ def _assert_report_matches(report, expected_panoptic, expected_semantic):
             assert actual["iou"] == pytest.approx(expected["iou"], abs=TOLERANCE)
 
 
-@pytest.fixture(scope="module", params=EVAL_CASES, ids=_case_id)
+@pytest.fixture(scope="module", params=EVAL_CASES, ids=case_id)
 def eval_case(request):
     return EvalCase(request.param)
 
@@ -364,3 +360,88 @@ def test_instance_ap_streaming_and_perfect_prediction():
     perfect = PanopticInstanceAP(num_classes=3, thing_class_ids=[1])
     perfect.update_state(batch_gt, batch_gt)
     assert perfect.report()["ap"] == pytest.approx(1.0)
+
+
+def test_instance_ap_never_scores_void_as_a_thing():
+    pytest.importorskip("pycocotools")
+    # ignore_label 2 is also listed as a thing class: its pixels stay void.
+    groundtruth = np.zeros((1, 20, 20), np.int32)
+    groundtruth[0, 2:8, 2:8] = 1001
+    groundtruth[0, 10:18, 10:18] = 2000  # void
+    prediction = np.zeros_like(groundtruth)
+    prediction[0, 2:8, 2:8] = 1005  # exact copy of the object
+    prediction[0, 0:2, 10:20] = 2001  # void predicted with an instance id
+    metric = PanopticInstanceAP(
+        num_classes=3, thing_class_ids=[1, 2], ignore_label=2, crowd_convention="none"
+    )
+    assert metric.thing_class_ids == (1,)
+    metric.update_state(groundtruth, prediction)
+    # Were void a thing, its ground truth would be a missed object (AP 0.5).
+    assert metric.report()["ap"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"other than ignore_label=2; got thing_class_ids=\(2,\)"):
+        PanopticInstanceAP(num_classes=3, thing_class_ids=[2], ignore_label=2)
+
+
+def _crowd_scene():
+    """An object, a crowd region (instance 2) and a detection inside the crowd."""
+    groundtruth = np.zeros((20, 20), np.int32)
+    groundtruth[2:8, 2:8] = 1001
+    groundtruth[10:18, 10:18] = 1002  # 64 px, marked crowd by the crowd mask
+    prediction = np.zeros_like(groundtruth)
+    prediction[2:8, 2:8] = 1005  # exact copy of object 1
+    prediction[10:14, 10:14] = 1006  # 16 px inside the crowd: IoU 16/64 with it as an object
+    scores = np.where(prediction == 1006, 0.95, 0.9).astype(np.float32)
+    return groundtruth, prediction, scores
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_instance_ap_crowd_mask_ignores_detections_on_crowds(batched):
+    pytest.importorskip("pycocotools")
+    groundtruth, prediction, scores = _crowd_scene()
+    crowd_mask = groundtruth == 1002  # [H, W]
+    if batched:
+        groundtruth, prediction, scores, crowd_mask = (
+            array[np.newaxis] for array in (groundtruth, prediction, scores, crowd_mask)
+        )
+    plain = PanopticInstanceAP(num_classes=3, thing_class_ids=[1], crowd_convention="none")
+    plain.update_state(groundtruth, prediction, instance_scores=scores)
+    # No crowd: two objects, the top-scored detection is a false positive, so
+    # precision 0.5 up to recall 0.5: 51 of 101 recall points at 0.5.
+    assert plain.report()["ap"] == pytest.approx(0.5 * 51 / 101, abs=1e-9)
+    crowd = PanopticInstanceAP(num_classes=3, thing_class_ids=[1], crowd_convention="none")
+    crowd.update_state(groundtruth, prediction, instance_scores=scores,
+                       crowd_mask=crowd_mask.astype(np.uint8))
+    # The detection lies wholly inside the crowd (crowd IoU = 16/16): ignored;
+    # the one object is found.
+    report = crowd.report()
+    assert report["ap"] == pytest.approx(1.0)
+    assert report["ar100"] == pytest.approx(1.0)
+
+
+def test_instance_ap_instance_zero_is_still_crowd_under_the_coco_convention():
+    pytest.importorskip("pycocotools")
+    groundtruth, prediction, scores = _crowd_scene()
+    groundtruth[groundtruth == 1002] = 1000
+    metric = PanopticInstanceAP(num_classes=3, thing_class_ids=[1])
+    metric.update_state(groundtruth, prediction, instance_scores=scores)
+    assert metric.report()["ap"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "argument,value,message",
+    [
+        ("crowd_mask", np.zeros((1, 20, 19), bool), r"crowd_mask has shape \(1, 20, 19\)"),
+        ("crowd_mask", np.zeros((2, 20, 20), bool), r"must be groundtruth_panoptic's \(1, 20, 20\)"),
+        ("crowd_mask", np.zeros((20, 20), np.float32), "crowd_mask must be a bool or int map"),
+        ("instance_scores", np.zeros((1, 10, 20), np.float32), r"instance_scores has shape"),
+        ("semantic_probs", np.zeros((1, 20, 20, 2), np.float32), r"semantic_probs has 2 channels"),
+    ],
+)
+def test_instance_ap_names_the_mismatched_argument(argument, value, message):
+    pytest.importorskip("pycocotools")
+    groundtruth, prediction = _two_object_scene()
+    metric = PanopticInstanceAP(num_classes=3, thing_class_ids=[1])
+    with pytest.raises(ValueError, match=message):
+        metric.update_state(groundtruth, prediction, **{argument: value})
+    with pytest.raises(ValueError, match=r"predicted_panoptic has shape \(1, 20, 21\)"):
+        metric.update_state(groundtruth, np.zeros((1, 20, 21), np.int32))

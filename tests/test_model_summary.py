@@ -1,19 +1,13 @@
 """M-Adds counting against hand-computed numbers, and the model_summary tool."""
 
-import importlib.util
-
 import numpy as np
 import pytest
 
 import keras
-from conftest import REPO_ROOT
 from axial_tf.layers import AxialAttention, AxialAttention2D, AxialBlock, ConvBN
 from axial_tf.models import get_backbone
+from axial_tf.tools import model_summary
 from axial_tf.utils.flops import attention_pairs, count_madds
-
-_spec = importlib.util.spec_from_file_location("model_summary", REPO_ROOT / "tools" / "model_summary.py")
-model_summary = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(model_summary)
 
 TINY_OVERRIDES = ["width_multiplier=0.0625", "stem_width_multiplier=0.125", "backbone_layer_multiplier=0.34",
                   "attention={num_heads: 2}", "output_stride=32"]

@@ -41,10 +41,10 @@ def _global_norm(arrays):
 
 # ----------------------------------------------------------------- schedules
 
-POLY_WARMUP = dict(base_learning_rate=0.1, total_steps=110, schedule="poly", warmup_steps=10, poly_power=0.9,
+POLY_WARMUP = dict(base_learning_rate=0.1, total_steps=100, schedule="poly", warmup_steps=10, poly_power=0.9,
                    end_learning_rate=0.01)
 POLY = dict(base_learning_rate=0.1, total_steps=100, schedule="poly", poly_power=2.0)
-COSINE_WARMUP = dict(base_learning_rate=0.1, total_steps=110, schedule="cosine", warmup_steps=10,
+COSINE_WARMUP = dict(base_learning_rate=0.1, total_steps=100, schedule="cosine", warmup_steps=10,
                      end_learning_rate=0.01)
 COSINE = dict(base_learning_rate=0.1, total_steps=100, schedule="cosine")
 STEP_WARMUP = dict(base_learning_rate=0.1, total_steps=100, schedule="step", warmup_steps=10,
@@ -54,20 +54,24 @@ STEP = dict(base_learning_rate=0.1, total_steps=100, schedule="step", step_bound
 CONSTANT_WARMUP = dict(base_learning_rate=0.2, total_steps=50, schedule="constant", warmup_steps=4)
 CONSTANT = dict(base_learning_rate=0.2, total_steps=50, schedule="constant")
 
-# (schedule arguments, step, expected rate), each rate worked out by hand.
+# (schedule arguments, step, expected rate), each rate worked out by hand. After a
+# warm-up the decay is read at the raw step over all steps (DeepLab2's definition):
+# it does not restart at the base rate when the warm-up ends.
 SCHEDULE_CASES = {
     "poly_warmup": (POLY_WARMUP, [
-        (0, 0.0), (5, 0.05), (10, 0.1),
-        (60, 0.09 * 0.5**0.9 + 0.01),   # half-way through the 100 decay steps
-        (85, 0.09 * 0.25**0.9 + 0.01),
-        (110, 0.01), (500, 0.01),
+        (0, 0.0), (5, 0.05), (9, 0.09),
+        (10, 0.09 * 0.9**0.9 + 0.01),   # 10 of the 100 steps done
+        (50, 0.09 * 0.5**0.9 + 0.01),
+        (75, 0.09 * 0.25**0.9 + 0.01),
+        (100, 0.01), (500, 0.01),
     ]),
     "poly": (POLY, [(0, 0.1), (50, 0.1 * 0.5**2), (90, 0.1 * 0.1**2), (100, 0.0), (150, 0.0)]),
     "cosine_warmup": (COSINE_WARMUP, [
-        (0, 0.0), (5, 0.05), (10, 0.1),
-        (35, 0.01 + 0.045 * (1.0 + math.cos(math.pi / 4))),
-        (60, 0.055),                     # cos(pi / 2) = 0: the mid-point of base and end
-        (110, 0.01), (300, 0.01),
+        (0, 0.0), (5, 0.05),
+        (10, 0.01 + 0.045 * (1.0 + math.cos(math.pi / 10))),
+        (25, 0.01 + 0.045 * (1.0 + math.cos(math.pi / 4))),
+        (50, 0.055),                     # cos(pi / 2) = 0: the mid-point of base and end
+        (100, 0.01), (300, 0.01),
     ]),
     "cosine": (COSINE, [(0, 0.1), (25, 0.05 * (1.0 + math.cos(math.pi / 4))), (50, 0.05), (100, 0.0),
                         (120, 0.0)]),
@@ -108,12 +112,43 @@ def test_schedule_config_round_trip_gives_the_same_rates(name):
 def test_build_schedule_multiplier_scales_base_and_end_rates():
     config = OptimizerConfig(learning_rate=0.1, end_learning_rate=0.01, schedule="poly", warmup_steps=10,
                              poly_power=0.9)
-    scaled = build_schedule(config, 110, multiplier=0.5)
+    scaled = build_schedule(config, 100, multiplier=0.5)
     assert scaled.base_learning_rate == pytest.approx(0.05)
     assert scaled.end_learning_rate == pytest.approx(0.005)
     # Half of the POLY_WARMUP rates, warm-up and decay alike.
     for step, rate in SCHEDULE_CASES["poly_warmup"][1]:
         np.testing.assert_allclose(float(scaled(step)), 0.5 * rate, rtol=1e-6, atol=1e-9, err_msg=f"step {step}")
+
+
+def _deeplab2_learning_rate(step, base, total_steps, policy, warmup_steps, power=0.9, end=0.0):
+    """DeepLab2's rate, re-derived from its trainer: Keras' PolynomialDecay (cycle off) or
+    CosineDecay (alpha 0, so no end rate) over all `total_steps`, wrapped by its linear
+    WarmUp, which returns `base * step / warmup_steps` before `warmup_steps` and the
+    decay read at the raw step from then on (not multiplied by a warm-up factor)."""
+    if step < warmup_steps:
+        return base * step / warmup_steps
+    fraction = min(step, total_steps) / total_steps
+    if policy == "poly":
+        return (base - end) * (1.0 - fraction) ** power + end
+    return base * 0.5 * (1.0 + np.cos(np.pi * fraction))
+
+
+@pytest.mark.parametrize("policy, base, total_steps, warmup_steps, power, end", [
+    ("poly", 5e-4, 200000, 2000, 0.9, 0.0),    # DeepLab2's COCO Panoptic-DeepLab solver
+    ("poly", 0.1, 1000, 100, 2.0, 1e-3),
+    ("poly", 1e-4, 60000, 0, 0.9, 0.0),        # its Cityscapes solver (no warm-up)
+    ("cosine", 0.1, 1000, 100, None, 0.0),
+])
+def test_schedule_matches_deeplab2_before_at_and_after_warmup(policy, base, total_steps, warmup_steps, power, end):
+    schedule = WarmupSchedule(base, total_steps, schedule=policy, warmup_steps=warmup_steps,
+                              poly_power=power or 0.9, end_learning_rate=end)
+    steps = {0, 1, warmup_steps // 2, max(warmup_steps - 1, 0), warmup_steps, warmup_steps + 1, total_steps // 2,
+             total_steps - 1, total_steps, total_steps + 10}
+    for step in sorted(steps):
+        expected = _deeplab2_learning_rate(step, base, total_steps, policy, warmup_steps, power, end)
+        # Both compute in float32: near the end, 1 - step / total_steps keeps ~1e-7 absolute precision.
+        np.testing.assert_allclose(float(schedule(tf.constant(step, tf.int64))), expected, rtol=2e-6,
+                                   atol=base * 1e-6, err_msg=f"{policy} at step {step}")
 
 
 # ------------------------------------------------- backbone learning-rate multiplier

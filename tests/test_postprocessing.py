@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import fixture_cases
+from conftest import case_id, fixture_cases
 from axial_tf.postprocessing import (
     PanopticPostProcessor,
     PostProcessOptions,
@@ -17,10 +17,6 @@ from axial_tf.postprocessing import (
 POSTPROCESS_CASES = [path.parent for path in fixture_cases("panoptic_postprocess", "*/options.json")]
 DEEPLAB2_CASES = [path.parent for path in fixture_cases("deeplab2/panoptic", "*/io.npz")]
 OUTPUT_KEYS = ("panoptic_pred", "semantic_pred", "instance_pred", "instance_center_pred", "instance_scores")
-
-
-def _case_id(path):
-    return path.name
 
 
 def _postprocess_options(case_dir, style="merge_op"):
@@ -95,7 +91,7 @@ def _synthetic_batch(seed, batch=2, height=24, width=28, num_classes=4):
 # Fixture: panoptic_postprocess (DeepLab2 merge-op semantics, exact top-K).
 
 
-@pytest.mark.parametrize("case_dir", POSTPROCESS_CASES, ids=_case_id)
+@pytest.mark.parametrize("case_dir", POSTPROCESS_CASES, ids=case_id)
 @pytest.mark.parametrize("semantic_input", ["logits", "semantic_pred"])
 def test_matches_postprocess_fixture_exactly(case_dir, semantic_input):
     logits, heatmap, offsets = _postprocess_inputs(case_dir)
@@ -111,7 +107,7 @@ def test_matches_postprocess_fixture_exactly(case_dir, semantic_input):
     )
 
 
-@pytest.mark.parametrize("case_dir", POSTPROCESS_CASES, ids=_case_id)
+@pytest.mark.parametrize("case_dir", POSTPROCESS_CASES, ids=case_id)
 def test_tf_merge_style_reproduces_deeplab2_fallback_record(case_dir):
     """details.json block D: DeepLab2's pure-TF merge, per image, vs the goldens."""
     outputs = panoptic_postprocess(
@@ -132,7 +128,7 @@ def test_tf_merge_style_reproduces_deeplab2_fallback_record(case_dir):
 # Fixture: deeplab2/panoptic (DeepLab2 pure-TF merge path on the model outputs).
 
 
-@pytest.mark.parametrize("case_dir", DEEPLAB2_CASES, ids=_case_id)
+@pytest.mark.parametrize("case_dir", DEEPLAB2_CASES, ids=case_id)
 @pytest.mark.parametrize("semantic_key", ["semantic_probs", "semantic_logits"])
 def test_matches_deeplab2_panoptic_outputs_exactly(case_dir, semantic_key):
     arrays = np.load(case_dir / "io.npz")
@@ -148,7 +144,7 @@ def test_matches_deeplab2_panoptic_outputs_exactly(case_dir, semantic_key):
         np.testing.assert_array_equal(outputs[key], arrays[key], err_msg=key)
 
 
-@pytest.mark.parametrize("case_dir", DEEPLAB2_CASES, ids=_case_id)
+@pytest.mark.parametrize("case_dir", DEEPLAB2_CASES, ids=case_id)
 def test_merge_op_style_matches_deeplab2_merge_op_up_to_renumbering(case_dir):
     arrays = np.load(case_dir / "io.npz")
     options = _deeplab2_options(case_dir, style="merge_op")

@@ -12,17 +12,22 @@ from test_export import (
     tiny_panoptic_config,
     write_training_run,
 )
+from test_export_target import assert_one_line_error
+from test_serving_inputs import blank_png, encode_with_pil
 from training_helpers import tool_command
 
 from axial_tf.data.inference import classification_eval_image
 from axial_tf.export import (
+    DOWNSCALE_MAX_FACTOR,
+    ImageTooLargeError,
     Predictor,
-    TFLiteConversionError,
     classification_record,
     convert_classifier_to_tflite,
     export_model,
     list_images,
+    fitted_size,
     output_stems,
+    read_downscaled_image_file,
     read_image_file,
     run_tflite_classifier,
     write_panoptic_prediction,
@@ -97,6 +102,41 @@ def test_unreadable_image_errors_name_the_file(tmp_path):
         list_images(tmp_path / "empty_dir")
 
 
+def test_an_image_over_the_limit_is_refused_from_its_header(tmp_path):
+    path = tmp_path / "huge.png"
+    path.write_bytes(blank_png(8000, 8000))  # 64 megapixels in ~60 KB
+    with pytest.raises(ImageTooLargeError, match="huge.png is 8000x8000 \\(64 megapixels to decode\\), over the limit "
+                       "of 16 megapixels .*--downscale") as raised:
+        read_image_file(path)
+    assert raised.value.size == (8000, 8000)
+    assert read_image_file(path, max_megapixels=64).shape == (8000, 8000, 3)
+
+
+def test_downscaling_keeps_the_picture_and_its_aspect_ratio(tmp_path):
+    gradient = np.broadcast_to(np.linspace(0, 255, 2000, dtype=np.uint8)[np.newaxis, :, np.newaxis], (1000, 2000, 3))
+    path = tmp_path / "wide.jpg"
+    path.write_bytes(encode_with_pil(np.ascontiguousarray(gradient), "JPEG", quality=95))
+    image = read_downscaled_image_file(path, max_megapixels=0.5)
+    assert image.shape == (500, 1000, 3) and image.dtype == np.uint8
+    np.testing.assert_allclose(image[250].mean(axis=-1), gradient[500, 1::2, 0], atol=4)
+    small = tmp_path / "small.png"
+    small.write_bytes(encode_with_pil(gradient[:20, :30].copy(), "PNG"))
+    np.testing.assert_array_equal(read_downscaled_image_file(small, max_megapixels=0.5), gradient[:20, :30])
+    with pytest.raises(ImageTooLargeError, match=f"over {DOWNSCALE_MAX_FACTOR} times the limit"):
+        read_downscaled_image_file(path, max_megapixels=2.0 / DOWNSCALE_MAX_FACTOR / 2)
+
+
+def test_fitted_size_stays_within_the_limit():
+    assert fitted_size((1000, 2000), 500_000) == (500, 1000)
+    assert fitted_size((33, 47), 1000) == (26, 37)
+    assert fitted_size((10, 10), 1000) == (10, 10)  # never enlarged
+    assert fitted_size((1, 100_000), 1000) == (1, 1000)
+    assert fitted_size((100_000, 1), 1000) == (1000, 1)
+    for size, limit in (((8000, 6000), 16_000_000), ((4001, 3999), 12_000_000), ((7, 3), 5)):
+        height, width = fitted_size(size, limit)
+        assert height * width <= limit
+
+
 def test_output_stems_stay_distinct():
     assert output_stems(["a/x.png", "a/y.jpg"]) == ["x", "y"]
     assert output_stems(["a/x.png", "a/x.jpg"]) == ["x_png", "x_jpg"]
@@ -111,7 +151,8 @@ def panoptic(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     config = tiny_panoptic_config(root / "tfds")
     write_training_run(root / "run", config, seed=1)
-    export_model(root / "export", config=config, model_dir=root / "run")
+    _, export_dir = export_model(root / "exports", config=config, model_dir=root / "run")
+    assert export_dir == str(root / "exports" / "1")  # a serving base folder gets its first version
     rng = np.random.default_rng(3)
     images = root / "images"
     images.mkdir()
@@ -119,8 +160,8 @@ def panoptic(tmp_path_factory):
     (images / "b.jpg").write_bytes(tf.io.encode_jpeg(rng.integers(0, 256, (50, 30, 3), dtype=np.uint8)).numpy())
     (images / "notes.txt").write_text("not an image")
     return types.SimpleNamespace(
-        root=root, config=config, export=root / "export", images=images,
-        predictor=Predictor.from_saved_model(root / "export"),
+        root=root, config=config, export=root / "exports", images=images,
+        predictor=Predictor.from_saved_model(root / "exports"),  # its highest version, as TF Serving
     )
 
 
@@ -173,6 +214,38 @@ def test_predict_tool_on_a_folder_with_an_unreadable_file(panoptic, tmp_path):
     np.testing.assert_array_equal(written, expected)
 
 
+def test_predict_tool_refuses_or_downscales_images_over_the_limit(panoptic, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes((panoptic.images / "a.png").read_bytes())  # 33x47
+    command = ["predict", "--saved_model", panoptic.export, "--input", images, "--max_megapixels", 0.001]
+    refused = run_command(tool_command(*command, "--output", tmp_path / "refused"))
+    assert_one_line_error(refused, "a.png is 33x47", "over the limit of 0.001 megapixels", "--downscale")
+    downscaled = run_command(tool_command(*command, "--output", tmp_path / "out", "--downscale"))
+    assert downscaled.returncode == 0, downscaled.stderr[-3000:]
+    assert "a.png (33x47) predicted at 26x37 (--downscale)" in downscaled.stdout
+    panoptic_png = tf.io.decode_png((tmp_path / "out" / "a_panoptic.png").read_bytes())
+    assert panoptic_png.shape[:2] == (26, 37)
+
+
+def test_predict_tool_limit_cannot_exceed_the_exported_one(panoptic, tmp_path):
+    result = run_command(tool_command(
+        "predict", "--saved_model", panoptic.export, "--input", panoptic.images, "--output", tmp_path / "out",
+        "--max_megapixels", 50))
+    assert_one_line_error(result, "--max_megapixels 50 is over the limit of 16 megapixels", "re-export")
+
+
+def test_predict_tool_names_a_missing_model_dir_and_an_unwritable_output(panoptic, tmp_path):
+    missing = run_command(tool_command(
+        "predict", "--model_dir", tmp_path / "no_such_run", "--input", panoptic.images, "--output", tmp_path / "o"))
+    assert_one_line_error(missing, "--model_dir", "no_such_run", "does not exist")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    unwritable = run_command(tool_command(
+        "predict", "--saved_model", panoptic.export, "--input", panoptic.images, "--output", blocker / "out"))
+    assert_one_line_error(unwritable, "Cannot write to output folder", str(blocker))
+
+
 # --------------------------------------------------------------- classification
 
 
@@ -193,6 +266,7 @@ def test_classification_export_top_k_matches_the_evaluation_path(classifier):
         "export", "--keras_model", classifier.path, "--image_size", 32, "--top_k", 3,
         "--output", classifier.root / "export"))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Wrote SavedModel {classifier.root / 'export' / '1'} " in result.stdout
     predictor = Predictor.from_saved_model(classifier.root / "export")
     assert predictor.info["task"] == "classification" and predictor.info["image_size"] == 32
     rng = np.random.default_rng(5)
@@ -204,7 +278,7 @@ def test_classification_export_top_k_matches_the_evaluation_path(classifier):
     assert np.all(np.diff(outputs["probabilities"]) <= 0)
     record = classification_record(outputs, "x.png")
     assert record["class_names"] == [str(c) for c in record["classes"]]
-    loaded = tf.saved_model.load(str(classifier.root / "export"))
+    loaded = tf.saved_model.load(str(classifier.root / "export" / "1"))
     encoded = [tf.io.encode_png(image).numpy(), tf.io.encode_png(image[:20, :30]).numpy()]
     batch = loaded.signatures["serving_encoded"](image_bytes=tf.constant(encoded))
     np.testing.assert_array_equal(batch["classes"][0], outputs["classes"])

@@ -3,6 +3,7 @@
 import re
 
 import numpy as np
+import pytest
 
 from conftest import REPO_ROOT
 
@@ -68,3 +69,64 @@ def test_coco_configs_follow_deeplab2():
         assert (post.nms_kernel, post.stuff_area_limit, post.keep_k_centers) == (41, 4096, 400)
     resnet = load_config(folder / "resnet50_os16.yaml").model
     assert not resnet.semantic_decoder.aspp_use_only_1x1_proj and resnet.instance_decoder.decoder_channels == 128
+
+
+def _pins():
+    """requirements.txt as {normalised name: version}."""
+    from packaging.utils import canonicalize_name
+
+    lines = [line.split("#")[0].strip() for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()]
+    return {canonicalize_name(line.split("==")[0]): line.split("==")[1] for line in lines if line}
+
+
+def test_tested_pins_lie_in_the_declared_ranges():
+    """The package metadata declares ranges; requirements.txt's exact pins must satisfy each of them."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = _pins()
+    declared = set()
+    for text in importlib.metadata.requires("axial_tf"):
+        requirement = Requirement(text)
+        if requirement.marker is not None or requirement.url:
+            continue  # extras are optional; only the core set must be pinned
+        name = canonicalize_name(requirement.name)
+        declared.add(name)
+        assert name in pins, f"{requirement} is not pinned in requirements.txt"
+        assert requirement.specifier.contains(pins[name]), f"pin {name}=={pins[name]} lies outside {requirement}"
+        assert "==" not in str(requirement.specifier), f"{requirement}: the metadata must declare a range"
+    # Every pin past the test-only block is something the package needs at run time.
+    runtime = (REPO_ROOT / "requirements.txt").read_text().split("# Test-only", 1)[0]
+    needed = {name for name in _pins() if f"\n{name}==" in "\n" + runtime.lower().replace("_", "-")}
+    assert needed - declared == set(), f"pinned for run time but not declared in setup.py: {needed - declared}"
+
+
+def test_every_tool_is_an_installed_command_and_a_checkout_script():
+    import ast
+    import importlib.metadata
+
+    commands = {entry.name: entry.value for entry in importlib.metadata.entry_points(group="console_scripts")
+                if entry.value.startswith("axial_tf.")}
+    tools = sorted(path.stem for path in (REPO_ROOT / "axial_tf" / "tools").glob("*.py") if path.stem != "__init__")
+    assert sorted(commands) == sorted(f"axial-tf-{tool.replace('_', '-')}" for tool in tools)
+    for tool in tools:
+        # Parsed, not imported: each tool defines its absl flags at import, and several names are shared.
+        source = ast.parse((REPO_ROOT / "axial_tf" / "tools" / f"{tool}.py").read_text())
+        assert "console_main" in {node.name for node in source.body if isinstance(node, ast.FunctionDef)}, tool
+        assert f"from axial_tf.tools.{tool} import console_main" in (REPO_ROOT / "tools" / f"{tool}.py").read_text()
+
+
+@pytest.mark.parametrize("tool", ["convert_checkpoint", "demo", "evaluate", "export", "model_summary", "predict", "train"])
+def test_every_tool_help_lists_its_flags_and_exits_0(tool):
+    import ast
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / f"{tool}.py"), "--help"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = ast.get_docstring(ast.parse((REPO_ROOT / "axial_tf" / "tools" / f"{tool}.py").read_text())).split("\n")[0]
+    assert summary in result.stdout
+    assert "--" in result.stdout.split(summary, 1)[1]  # its own flags follow

@@ -20,22 +20,36 @@ def tool_command(tool, *args, overrides=()):
     return command
 
 
-def run_tool(tool, *args, overrides=(), env=None, timeout=600):
-    """Runs `tools/<tool>.py` with `args` and `--override` flags; returns the completed process."""
+def run_tool(tool, *args, overrides=(), env=None, timeout=600, preexec_fn=None):
+    """Runs `tools/<tool>.py` with `args` and `--override` flags; returns the completed process.
+
+    `preexec_fn` runs in the child before the tool starts (e.g. to set a resource limit).
+    """
     return subprocess.run(tool_command(tool, *args, overrides=overrides), capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=timeout, env={**os.environ, **(env or {})}, preexec_fn=preexec_fn)
 
 
 def train_command(config, model_dir, *overrides, extra=()):
     return tool_command("train", "--config", config, "--model_dir", model_dir, *extra, overrides=overrides)
 
 
-def run_training(config, model_dir, *overrides, extra=(), env=None, check=True, timeout=600):
+def run_training(config, model_dir, *overrides, extra=(), env=None, check=True, timeout=600, preexec_fn=None):
     result = run_tool("train", "--config", config, "--model_dir", model_dir, *extra, overrides=overrides, env=env,
-                      timeout=timeout)
+                      timeout=timeout, preexec_fn=preexec_fn)
     if check and result.returncode != 0:
         raise AssertionError(f"training failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
     return result
+
+
+def assert_one_line_error(result, *fragments):
+    """A tool failed with a non-zero exit and, as its last output, one `error:` line holding `fragments`."""
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-4000:]
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: "), result.stderr[-4000:]
+    for fragment in fragments:
+        assert fragment in last_line, (fragment, last_line)
+    return last_line
 
 
 def checkpoint_weights(model_dir, subdir="checkpoints", step=None):

@@ -1,60 +1,6 @@
-"""Evaluates a checkpoint or a `.keras` model on a dataset split.
+"""`python tools/evaluate.py ...` runs `axial-tf-evaluate` (axial_tf/tools/evaluate.py documents its flags)."""
 
-    python tools/evaluate.py --config FILE (--model_dir DIR | --checkpoint PATH) \
-        [--split validation] [--output_dir DIR] [--save_predictions] [--strategy mirrored]
-
-`--checkpoint` takes a training checkpoint prefix or a `.keras` model file;
-`--model_dir` uses its latest checkpoint. Writes OUTPUT_DIR/metrics.json (PQ, SQ,
-RQ and mIoU as fractions, or top-1/top-5) and, with --save_predictions, one
-COCO-encoded panoptic PNG per image.
-"""
-
-import json
-import os
-import sys
-
-from absl import app, flags
-
-flags.DEFINE_string("config", None, "Experiment config (.yaml or .gin).")
-flags.DEFINE_string("model_dir", None, "Training directory; its latest checkpoint is evaluated.")
-flags.DEFINE_string("checkpoint", None, "Checkpoint prefix or .keras model to evaluate.")
-flags.DEFINE_string("split", None, "Dataset split (default: data.eval_split of the config).")
-flags.DEFINE_string("output_dir", None, "Where metrics.json goes (default MODEL_DIR/eval or next to the checkpoint).")
-flags.DEFINE_bool("save_predictions", False, "Write the panoptic predictions as PNG files.")
-flags.DEFINE_integer("steps", None, "Evaluate only this many batches.")
-flags.DEFINE_enum("strategy", None, ["default", "mirrored", "multi_worker_mirrored", "tpu"], "tf.distribute strategy.")
-flags.DEFINE_multi_string("override", [], "key.sub=value config overrides.")
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-    del argv
-    from absl import logging
-
-    logging.set_verbosity(logging.WARNING)
-    from axial_tf.export.loading import restore_weights
-    from axial_tf.training.config import ConfigError, load_config
-    from axial_tf.training.strategies import get_strategy
-    from axial_tf.training.trainer import Trainer
-
-    if not FLAGS.config or bool(FLAGS.model_dir) == bool(FLAGS.checkpoint):
-        raise app.UsageError("Give --config and exactly one of --model_dir and --checkpoint.")
-    try:
-        config = load_config(FLAGS.config, overrides=FLAGS.override)
-        model_dir = FLAGS.model_dir or os.path.dirname(os.path.abspath(FLAGS.checkpoint))
-        output_dir = FLAGS.output_dir or os.path.join(model_dir, "eval")
-        trainer = Trainer(config, model_dir, get_strategy(FLAGS.strategy or config.training.strategy))
-        # The optimizer holds the step, which the metrics and summaries are logged at.
-        source = restore_weights(trainer.model, FLAGS.checkpoint or FLAGS.model_dir, config,
-                                 extra_items=trainer.optimizer.checkpoint_items())
-        print(f"Evaluating {source}")
-        metrics = trainer.evaluate(split=FLAGS.split, steps=FLAGS.steps, output_dir=output_dir,
-                                   save_predictions=FLAGS.save_predictions or None)
-    except (ConfigError, ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
-    print(json.dumps(metrics, indent=2))
-    print(f"Wrote {os.path.join(output_dir, 'metrics.json')}")
-
+from axial_tf.tools.evaluate import console_main
 
 if __name__ == "__main__":
-    app.run(main)
+    console_main()

@@ -46,10 +46,12 @@ def _scalar(kind, value):
         return int(value)
     except ValueError:
         pass
-    try:
-        return float(value)
-    except ValueError:
-        return value  # an enum name
+    for number in (value, value[:-1] if value[-1:] in "fF" else None):  # text format allows "1.5f"
+        try:
+            return float(number)
+        except (TypeError, ValueError):
+            pass
+    return value  # an enum name
 
 
 def parse_textproto(text, source="<text>"):
@@ -82,10 +84,12 @@ def parse_textproto(text, source="<text>"):
                 fields.setdefault(name, []).append(message("}" if value == "{" else ">"))
             elif value == "[":
                 index += 1
-                while tokens[index][1] != "]":
+                while index < len(tokens) and tokens[index][1] != "]":
                     if tokens[index][1] != ",":
                         fields.setdefault(name, []).append(_scalar(tokens[index][0], tokens[index][1]))
                     index += 1
+                if index >= len(tokens):
+                    raise TextProtoError(f"{source}:{line}: the list of field {name!r} has no closing ']'")
                 index += 1
             else:
                 index += 1
@@ -102,12 +106,3 @@ def read_textproto(path):
     with open(path, encoding="utf-8") as handle:
         return parse_textproto(handle.read(), str(path))
 
-
-def first(message, *path, default=None):
-    """The first value at a dotted field path, e.g. `first(exp, "model_options", "backbone", "name")`."""
-    value = message
-    for name in path:
-        if not isinstance(value, dict) or not value.get(name):
-            return default
-        value = value[name][0]
-    return value

@@ -7,7 +7,10 @@ Image-folder layout (one sub-folder per class inside each split folder):
 
 The class names are the sorted class folders of the first split (or given in
 the config); a class folder in another split that is not one of them is an
-invalid example for each of its images.
+invalid example for each of its images. The prepared dataset keeps a
+fingerprint of the class names and of each split's image files (paths, sizes,
+modification times; `source_fingerprint.py`), so that `prepare` notices a
+folder edited after preparing.
 """
 
 import dataclasses
@@ -16,6 +19,7 @@ import pathlib
 import tensorflow_datasets as tfds
 
 from axial_tf.data import records
+from axial_tf.data import source_fingerprint
 from axial_tf.data import validation
 from axial_tf.data.dataset_info import ClassificationDatasetInfo
 
@@ -100,7 +104,9 @@ class, e.g. train/cat/1.jpg, val/dog/7.png.
 """
 
 
-class ImageFolderClassification(tfds.core.GeneratorBasedBuilder):
+class ImageFolderClassification(
+    source_fingerprint.SourceTrackingBuilder, tfds.core.GeneratorBasedBuilder
+):
     """Image classification from a folder with one sub-folder per class.
 
     The predefined config "default" reads the manual dir; name your own config
@@ -152,27 +158,47 @@ class ImageFolderClassification(tfds.core.GeneratorBasedBuilder):
             splits={split: info.num_examples for split, info in self.info.splits.items()},
         )
 
+    def fingerprint_sources(self, manual_dir=None):
+        """A fingerprint of the folder as it is now (`source_fingerprint.py`).
+
+        Args:
+            manual_dir: The root when the config has none.
+
+        Returns:
+            The fingerprint, or None when the folder cannot be located.
+        """
+        manual_dir = manual_dir if self.uses_manual_dir() else None
+        try:
+            class_names = self.builder_config.resolved_class_names(manual_dir)
+            split_folders = self.builder_config.split_folders(manual_dir)
+        except (FileNotFoundError, ValueError):
+            return None
+        return _fingerprint_of_folders(class_names, split_folders)
+
     def _split_generators(self, dl_manager):
         manual_dir = dl_manager.manual_dir if self.uses_manual_dir() else None
         class_names = self.builder_config.resolved_class_names(manual_dir)
+        split_folders = self.builder_config.split_folders(manual_dir)
+        # Taken before any image is read: an edit made while preparing shows as a change later.
+        self.info.metadata[records.SOURCE_FINGERPRINT_KEY] = _fingerprint_of_folders(
+            class_names, split_folders
+        )
         self.info.features[records.CLASS_LABEL_KEY].names = list(class_names)
         return {
             split: self._generate_examples(split, folder, class_names)
-            for split, folder in self.builder_config.split_folders(manual_dir).items()
+            for split, folder in split_folders.items()
         }
 
     def _generate_examples(self, split, folder, class_names):
         """Yields `(key, record)` for every image of a split folder."""
         label_of_class = {name: label for label, name in enumerate(class_names)}
         log = validation.InvalidExampleLog(
-            f"{self.name}/{self.builder_config.name}", split, self.builder_config.skip_invalid
+            f"{self.name}/{self.builder_config.name}",
+            split,
+            folder,
+            self.builder_config.skip_invalid,
         )
-        image_paths = sorted(
-            path
-            for path in folder.glob("*/*")
-            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        for path in image_paths:
+        for path in _image_paths(folder):
             relative_name = f"{path.parent.name}/{path.name}"
             try:
                 if path.parent.name not in label_of_class:
@@ -184,12 +210,42 @@ class ImageFolderClassification(tfds.core.GeneratorBasedBuilder):
             except validation.DataValidationError as error:
                 log.record(error)
                 continue
+            log.accept()
             yield relative_name, {
                 records.IMAGE_KEY: encoded_image,
                 records.CLASS_LABEL_KEY: label_of_class[path.parent.name],
                 records.FILE_NAME_KEY: relative_name,
             }
-        log.write_report(self.info.metadata)
+        log.finish(self.info.metadata)
+
+
+def _image_paths(folder):
+    """The image files a split folder contributes (`<class>/<image>`), sorted."""
+    return sorted(
+        path
+        for path in folder.glob("*/*")
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def _fingerprint_of_folders(class_names, split_folders):
+    """The source fingerprint of an image folder: class names and image listings.
+
+    Args:
+        class_names: The resolved class names (read from folder names unless
+            configured, so an added empty class folder changes them).
+        split_folders: Dict split name -> split folder.
+
+    Returns:
+        A fingerprint from `source_fingerprint.fingerprint`.
+    """
+    first_folder = next(iter(split_folders.values()))
+    entries = {"classes": source_fingerprint.values_entry(first_folder, class_names)}
+    for split, folder in split_folders.items():
+        entries[f"{split} images"] = source_fingerprint.image_folder_entry(
+            folder, [path.relative_to(folder) for path in _image_paths(folder)]
+        )
+    return source_fingerprint.fingerprint(entries)
 
 
 def check_imagenet_manual_dir(manual_dir):

@@ -10,11 +10,22 @@ Conversion to the project's record layout (`records.py`):
 - a thing segment gets the next instance id of its class in the image (1, 2,
   ...), a crowd thing segment (`iscrowd = 1`) instance id 0, a stuff segment
   instance id 0 (the crowd convention of `axial_tf.targets`);
-- PNG id 0 is void (`ignore_label * label_divisor`).
+- PNG id 0 is void (`ignore_label * label_divisor`);
+- a record's `file_name` is the image's path relative to the images folder,
+  as the JSON gives it, so images of the same name in different sub-folders
+  (`a/1.jpg`, `b/1.jpg`) are different records; two entries that resolve to
+  the same image are an error naming both.
+
+An entry without a key the conversion needs (an annotation's `file_name`, a
+segment's `category_id`, ...) is an invalid example named by file, index and
+key; a category without `id` or `name`, or an `images` entry without a unique
+`id`, fails the preparation (even with `skip_invalid`).
 
 `CocoPanopticFolder` reads any such folder (labelme/CVAT/cityscapesscripts
 exports) from paths in its config; `Coco2017Panoptic` and `CityscapesPanoptic`
-read the official layouts from a manual download directory.
+read the official layouts from a manual download directory. Each stores a
+fingerprint of its sources (`source_fingerprint.py`) so that `prepare` notices
+sources edited after preparing.
 """
 
 import dataclasses
@@ -26,6 +37,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from axial_tf.data import records
+from axial_tf.data import source_fingerprint
 from axial_tf.data import validation
 from axial_tf.data.dataset_info import (
     DEFAULT_IGNORE_LABEL,
@@ -151,15 +163,73 @@ def read_coco_panoptic_json(path):
         content = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise validation.DataValidationError(f"Unreadable JSON {path}: {error}") from error
+    if not isinstance(content, dict):
+        raise validation.DataValidationError(f"{path} is not a COCO panoptic file: not an object.")
     missing = {"categories", "annotations"} - set(content)
     if missing:
         raise validation.DataValidationError(
             f"{path} is not a COCO panoptic file: missing key(s) {sorted(missing)}."
         )
+    check_entry_lists(content, path)
     return content
 
 
-def label_space_from_categories(categories, name, label_divisor, ignore_label):
+def check_entry_lists(content, path):
+    """Checks that the JSON's `categories`, `annotations` and `images` are lists.
+
+    Args:
+        content: The loaded JSON object.
+        path: Its file, for the message.
+
+    Raises:
+        DataValidationError: Naming the file and the key that is not a list.
+    """
+    for key in ("categories", "annotations", "images"):
+        if key in content and not isinstance(content[key], list):
+            raise validation.DataValidationError(
+                f"{path}: {key!r} is a {type(content[key]).__name__}, not a list."
+            )
+
+
+def required_field(entry, key, where):
+    """`entry[key]` of a JSON entry, or an error naming the entry and the key.
+
+    Args:
+        entry: A JSON entry (should be a dict).
+        key: The key the builder needs.
+        where: The entry's place for the message, e.g. "a.json: annotations[3]".
+
+    Raises:
+        DataValidationError: If the entry is not an object or lacks the key.
+    """
+    if not isinstance(entry, dict):
+        raise validation.DataValidationError(
+            f"{where} is a {type(entry).__name__}, not an object with {key!r}."
+        )
+    if key not in entry:
+        raise validation.DataValidationError(f"{where} has no {key!r}.")
+    return entry[key]
+
+
+def integer_field(entry, key, where):
+    """`entry[key]` as an int (see `required_field`); a non-integer is an error."""
+    value = required_field(entry, key, where)
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
+        raise validation.DataValidationError(
+            f"{where} has {key} {value!r}, not a non-negative integer."
+        )
+    return int(value)
+
+
+def file_name_field(entry, where):
+    """`entry["file_name"]`, a non-empty string (see `required_field`)."""
+    value = required_field(entry, "file_name", where)
+    if not isinstance(value, str) or not value:
+        raise validation.DataValidationError(f"{where} has file_name {value!r}, not a path.")
+    return value
+
+
+def label_space_from_categories(categories, name, label_divisor, ignore_label, source=None):
     """Maps COCO categories to contiguous train ids.
 
     Args:
@@ -167,15 +237,28 @@ def label_space_from_categories(categories, name, label_divisor, ignore_label):
         name: Dataset name for the descriptor and messages.
         label_divisor: Panoptic label divisor.
         ignore_label: Void class.
+        source: The JSON file the categories come from, for messages (the
+            dataset name when None).
 
     Returns:
         A tuple `(info, category_to_train_id)`: the `PanopticDatasetInfo` and a
         dict COCO category id -> train id.
+
+    Raises:
+        DataValidationError: If a category lacks `id` or `name`, or two share
+            an id.
     """
-    ordered = sorted(categories, key=lambda category: int(category["id"]))
-    ids = [int(category["id"]) for category in ordered]
+    source = source or name
+    ids_and_categories = []
+    for index, category in enumerate(categories):
+        where = f"{source}: categories[{index}]"
+        required_field(category, "name", where)
+        ids_and_categories.append((integer_field(category, "id", where), category))
+    ids_and_categories.sort(key=lambda id_and_category: id_and_category[0])
+    ids = [category_id for category_id, _ in ids_and_categories]
+    ordered = [category for _, category in ids_and_categories]
     if len(set(ids)) != len(ids):
-        raise validation.DataValidationError(f"{name}: duplicate category ids in {ids}.")
+        raise validation.DataValidationError(f"{source}: duplicate category ids in {ids}.")
     category_to_train_id = {category_id: train_id for train_id, category_id in enumerate(ids)}
     info = PanopticDatasetInfo(
         name=name,
@@ -246,7 +329,9 @@ Put the dataset in COCO panoptic layout (or give explicit paths in the config):
 """
 
 
-class CocoPanopticFolder(tfds.core.GeneratorBasedBuilder):
+class CocoPanopticFolder(
+    source_fingerprint.SourceTrackingBuilder, tfds.core.GeneratorBasedBuilder
+):
     """Any dataset in COCO panoptic format, configured by paths.
 
     The predefined config "default" reads the manual dir in COCO layout; name
@@ -303,41 +388,76 @@ class CocoPanopticFolder(tfds.core.GeneratorBasedBuilder):
             ),
         )
         content = read_coco_panoptic_json(smallest.annotations_json)
-        info, _ = self._label_space(content["categories"])
+        info, _ = self._label_space(content["categories"], smallest.annotations_json)
         return info
 
     def uses_manual_dir(self):
         """Whether `prepare` needs a manual_dir for this builder and config."""
         return self.builder_config.uses_manual_dir()
 
+    def fingerprint_sources(self, manual_dir=None):
+        """A fingerprint of the sources as they are now (`source_fingerprint.py`).
+
+        Args:
+            manual_dir: The manual download directory, for builders that read
+                their sources from one.
+
+        Returns:
+            The fingerprint, or None when the sources cannot be located (no
+            manual_dir, or a manual dir without the expected files).
+        """
+        try:
+            specs = self._source_splits(manual_dir if self.uses_manual_dir() else None)
+        except (FileNotFoundError, ValueError):
+            return None
+        return _fingerprint_of_splits(specs)
+
     def _source_splits(self, manual_dir):
         """Dict split name -> `CocoPanopticSplit` of the source files."""
         return self.builder_config.split_specs(manual_dir)
 
-    def _label_space(self, categories):
-        """(info, category id -> train id) for this dataset's categories."""
+    def _splits_to_prepare(self, dl_manager):
+        """The split specs to generate; stores their fingerprint in the metadata.
+
+        The fingerprint is taken before any source is read, so an edit made
+        while the dataset is being prepared shows as a change later.
+        """
+        specs = self._source_splits(dl_manager.manual_dir if self.uses_manual_dir() else None)
+        self.info.metadata[records.SOURCE_FINGERPRINT_KEY] = _fingerprint_of_splits(specs)
+        return specs
+
+    def _label_space(self, categories, source):
+        """(info, category id -> train id) for categories read from `source`."""
         config = self.builder_config
         return label_space_from_categories(
             categories,
             name=f"{self.name}/{config.name}",
             label_divisor=config.label_divisor,
             ignore_label=config.ignore_label,
+            source=source,
         )
 
     def _image_path(self, spec, image_entry):
         """Path of an image listed in the JSON `images` section."""
         return pathlib.Path(spec.images_dir) / image_entry["file_name"]
 
+    def _record_name(self, spec, image_path):
+        """A record's `file_name`: the image's path relative to the images folder."""
+        return pathlib.PurePath(os.path.relpath(image_path, spec.images_dir)).as_posix()
+
     def _split_generators(self, dl_manager):
-        specs = self._source_splits(dl_manager.manual_dir if self.uses_manual_dir() else None)
+        specs = self._splits_to_prepare(dl_manager)
         contents = {
             split: read_coco_panoptic_json(spec.annotations_json) for split, spec in specs.items()
         }
         # Every split must share one label space; the first split defines it.
         reference_split = next(iter(contents))
-        info, category_to_train_id = self._label_space(contents[reference_split]["categories"])
+        info, category_to_train_id = self._label_space(
+            contents[reference_split]["categories"], specs[reference_split].annotations_json
+        )
         for split, content in contents.items():
-            if self._label_space(content["categories"])[0].class_names != info.class_names:
+            split_info, _ = self._label_space(content["categories"], specs[split].annotations_json)
+            if split_info.class_names != info.class_names:
                 raise validation.DataValidationError(
                     f"{specs[split].annotations_json}: its categories differ from those "
                     f"of split {reference_split!r} ({specs[reference_split].annotations_json})."
@@ -345,57 +465,172 @@ class CocoPanopticFolder(tfds.core.GeneratorBasedBuilder):
         info = dataclasses.replace(
             info, splits={split: len(content["annotations"]) for split, content in contents.items()}
         )
-        self._check_label_space(info)
         self.info.metadata[records.METADATA_KEY] = info.to_json()
         return {
             split: self._generate_examples(split, specs[split], content, info, category_to_train_id)
             for split, content in contents.items()
         }
 
-    def _check_label_space(self, info):
-        """Hook for builders with a known label space; the folder accepts any."""
-        del info
-
     def _generate_examples(self, split, spec, content, info, category_to_train_id):
         """Yields `(key, record)` for every annotation of a split."""
-        images_by_id = {image["id"]: image for image in content.get("images", [])}
-        log = validation.InvalidExampleLog(info.name, split, self.builder_config.skip_invalid)
-        for annotation in content["annotations"]:
+        images_by_id = _images_by_id(content.get("images", []), spec.annotations_json)
+        log = validation.InvalidExampleLog(
+            info.name,
+            split,
+            f"{spec.annotations_json} (images in {spec.images_dir})",
+            self.builder_config.skip_invalid,
+        )
+        entry_of_record = {}  # record name -> the annotation entry that gave it
+        for index, annotation in enumerate(content["annotations"]):
+            where = f"{spec.annotations_json}: annotations[{index}]"
             try:
-                record = self._load_record(
-                    spec, annotation, images_by_id, info, category_to_train_id
-                )
+                annotated = self._annotated_image(spec, annotation, where, images_by_id)
+                name = self._record_name(spec, annotated.image_path)
+                _claim_record_name(entry_of_record, name, annotated)
+                record = _read_record(annotated, name, info, category_to_train_id)
             except validation.DataValidationError as error:
                 log.record(error)
                 continue
-            yield record[records.FILE_NAME_KEY], record
-        log.write_report(self.info.metadata)
+            log.accept()
+            yield name, record
+        log.finish(self.info.metadata)
 
-    def _load_record(self, spec, annotation, images_by_id, info, category_to_train_id):
-        """Reads, checks and converts one annotated image."""
-        label_path = pathlib.Path(spec.panoptic_dir) / annotation["file_name"]
-        image_entry = images_by_id.get(annotation["image_id"])
-        if image_entry is None:
+    def _annotated_image(self, spec, annotation, where, images_by_id):
+        """The checked paths and segments of one JSON annotation.
+
+        Args:
+            spec: The split's `CocoPanopticSplit`.
+            annotation: The JSON annotation entry.
+            where: The entry's place, e.g. "a.json: annotations[3]".
+            images_by_id: From `_images_by_id`.
+
+        Returns:
+            An `_AnnotatedImage`.
+
+        Raises:
+            DataValidationError: Naming the entry and the missing or invalid key.
+        """
+        label_file = file_name_field(annotation, where)
+        where = f"{where} ({label_file})"
+        image_id = required_field(annotation, "image_id", where)
+        if not isinstance(image_id, (int, str)) or image_id not in images_by_id:
             raise validation.DataValidationError(
-                f"{spec.annotations_json}: annotation {annotation['file_name']} refers to "
-                f"image_id {annotation['image_id']!r}, which is not in `images`."
+                f"{where} refers to image_id {image_id!r}, which is not in `images`."
             )
-        image_path = self._image_path(spec, image_entry)
-        encoded_image, image_size = validation.read_image_for_record(image_path)
-        segment_ids = validation.read_coco_panoptic_png(label_path)
-        if segment_ids.shape != image_size:
-            raise validation.DataValidationError(
-                f"{label_path}: label size {segment_ids.shape} differs from the size "
-                f"{image_size} of image {image_path}."
-            )
-        panoptic_label = segments_to_panoptic_label(
-            segment_ids, annotation.get("segments_info", []), category_to_train_id, info, label_path
+        image_index, image_entry = images_by_id[image_id]
+        file_name_field(image_entry, f"{spec.annotations_json}: images[{image_index}]")
+        return _AnnotatedImage(
+            where=where,
+            label_path=pathlib.Path(spec.panoptic_dir) / label_file,
+            image_path=self._image_path(spec, image_entry),
+            segments=_checked_segments(annotation, where),
         )
-        return {
-            records.IMAGE_KEY: encoded_image,
-            records.PANOPTIC_LABEL_KEY: panoptic_label,
-            records.FILE_NAME_KEY: image_path.name,
-        }
+
+
+@dataclasses.dataclass(frozen=True)
+class _AnnotatedImage:
+    """One JSON annotation, checked: where it is, its files and its segments."""
+
+    where: str
+    label_path: pathlib.Path
+    image_path: pathlib.Path
+    segments: list
+
+
+def _checked_segments(annotation, where):
+    """An annotation's `segments_info`, each with an integer id and category_id.
+
+    Args:
+        annotation: The JSON annotation entry (a dict).
+        where: The entry's place for messages.
+
+    Returns:
+        A list of dicts with `id`, `category_id` and `iscrowd` (0 or 1).
+
+    Raises:
+        DataValidationError: Naming the segment and the missing or invalid key.
+    """
+    segments = annotation.get("segments_info", [])
+    if not isinstance(segments, list):
+        raise validation.DataValidationError(f"{where}: segments_info is not a list.")
+    checked = []
+    for index, segment in enumerate(segments):
+        segment_where = f"{where} segments_info[{index}]"
+        checked.append(
+            {
+                "id": integer_field(segment, "id", segment_where),
+                "category_id": integer_field(segment, "category_id", segment_where),
+                "iscrowd": int(bool(segment.get("iscrowd", 0))),
+            }
+        )
+    return checked
+
+
+def _images_by_id(images, annotations_json):
+    """Dict image id -> (index in `images`, entry) of a JSON's `images` list.
+
+    Raises:
+        DataValidationError: If an entry has no usable `id`, or two share one.
+    """
+    images_by_id = {}
+    for index, image in enumerate(images):
+        where = f"{annotations_json}: images[{index}]"
+        image_id = required_field(image, "id", where)
+        if not isinstance(image_id, (int, str)):
+            raise validation.DataValidationError(f"{where} has id {image_id!r}, not an id.")
+        if image_id in images_by_id:
+            raise validation.DataValidationError(
+                f"{where} has id {image_id!r}, as images[{images_by_id[image_id][0]}] does."
+            )
+        images_by_id[image_id] = (index, image)
+    return images_by_id
+
+
+def _claim_record_name(entry_of_record, name, annotated):
+    """Registers a record name of a split; a second entry with it is an error.
+
+    Record names are image paths relative to the images folder, so two
+    entries can only share one by naming the same image file.
+    """
+    if name in entry_of_record:
+        raise validation.DataValidationError(
+            f"{annotated.where} and {entry_of_record[name].where} both refer to image "
+            f"{annotated.image_path}; each image may be annotated once."
+        )
+    entry_of_record[name] = annotated
+
+
+def _read_record(annotated, name, info, category_to_train_id):
+    """Reads, checks and converts one annotated image into a record."""
+    encoded_image, image_size = validation.read_image_for_record(annotated.image_path)
+    segment_ids = validation.read_coco_panoptic_png(annotated.label_path)
+    if segment_ids.shape != image_size:
+        raise validation.DataValidationError(
+            f"{annotated.label_path}: label size {segment_ids.shape} differs from the size "
+            f"{image_size} of image {annotated.image_path}."
+        )
+    panoptic_label = segments_to_panoptic_label(
+        segment_ids, annotated.segments, category_to_train_id, info, annotated.label_path
+    )
+    return {
+        records.IMAGE_KEY: encoded_image,
+        records.PANOPTIC_LABEL_KEY: panoptic_label,
+        records.FILE_NAME_KEY: name,
+    }
+
+
+def _fingerprint_of_splits(specs):
+    """The source fingerprint of COCO-panoptic splits: JSON contents, folder listings."""
+    entries = {}
+    for split, spec in specs.items():
+        entries[f"{split} annotations"] = source_fingerprint.annotation_file_entry(
+            spec.annotations_json
+        )
+        entries[f"{split} panoptic PNGs"] = source_fingerprint.image_folder_entry(
+            spec.panoptic_dir
+        )
+        entries[f"{split} images"] = source_fingerprint.image_folder_entry(spec.images_dir)
+    return source_fingerprint.fingerprint(entries)
 
 
 _COCO_2017_INSTRUCTIONS = """\

@@ -180,3 +180,176 @@ def classification_eval_image(image, image_size, crop_fraction=0.875):
         tf.image.resize(crop, [image_size, image_size], method="bilinear"),
         [image_size, image_size, 3],
     )
+
+
+# The encoded formats whose size `encoded_image_header` reads before `decode_image` decodes them.
+ENCODED_IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WebP")
+UNKNOWN_FORMAT = -1
+ANIMATED_WEBP = -2  # TF's decoder cannot return its frames as RGB; refused before decoding
+_HEADER_LENGTH = 32
+_MAGIC = {
+    "JPEG": b"\xff\xd8\xff",
+    "PNG": b"\x89PNG\r\n\x1a\n",
+    "GIF": b"GIF8",
+    "BMP": b"BM",
+}
+
+
+def encoded_image_header(contents):
+    """Format and size of an encoded image, read from its header without decoding it.
+
+    What a decoder will allocate is known from a few header bytes: PNG's IHDR,
+    JPEG's frame header (`tf.io.extract_jpeg_shape`), BMP's info header,
+    WebP's VP8/VP8L/VP8X chunk. A GIF's frame descriptors are walked, since
+    its canvas is the extent of all frames and the decoder keeps every frame.
+    Only stock ops, so this also runs inside a served SavedModel.
+
+    Args:
+        contents: A string scalar tensor with the encoded file.
+
+    Returns:
+        A tuple `(format_index, size, decoded_pixels)`: int32 index into
+        ENCODED_IMAGE_FORMATS (UNKNOWN_FORMAT or ANIMATED_WEBP when it is not
+        decodable), int64 [2] (height, width) and int64 pixels the decoder
+        holds (height * width; all frames of a GIF). Sizes are 0 when the
+        format is not decodable.
+    """
+    header = _leading_bytes(contents, _HEADER_LENGTH)
+    format_index = _format_index(header)
+    branches = [
+        lambda: _jpeg_size(contents),
+        lambda: _single_frame(_uint(header, 20, 4, big_endian=True), _uint(header, 16, 4, big_endian=True)),
+        lambda: _gif_size(contents, header),
+        lambda: _single_frame(tf.abs(_int32_le(header, 22)), tf.abs(_int32_le(header, 18))),
+        lambda: _webp_size(header),
+    ]
+    known = format_index >= 0
+    size, decoded_pixels = tf.switch_case(
+        tf.where(known, format_index, len(branches)), branches, default=lambda: _single_frame(0, 0)
+    )
+    return format_index, size, decoded_pixels
+
+
+def decode_image(contents):
+    """Decodes JPEG/PNG/GIF/BMP/WebP bytes to uint8 RGB [H, W, 3] (grey is expanded, alpha dropped).
+
+    Args:
+        contents: A string scalar tensor with the encoded file.
+
+    Returns:
+        uint8 [H, W, 3] (the first frame of an animation).
+    """
+    image = tf.io.decode_image(contents, channels=3, dtype=tf.uint8, expand_animations=False)
+    return tf.ensure_shape(image, [None, None, 3])
+
+
+def _leading_bytes(contents, count):
+    """The first `count` bytes of `contents`, uint8 [count], zero-padded when the file is shorter."""
+    padded = tf.strings.join([tf.strings.substr(contents, 0, count), tf.constant(b"\0" * count)])
+    return tf.ensure_shape(tf.io.decode_raw(tf.strings.substr(padded, 0, count), tf.uint8), [count])
+
+
+def _starts_with(header, magic, offset=0):
+    expected = tf.constant(list(magic), tf.uint8)
+    return tf.reduce_all(tf.equal(header[offset : offset + len(magic)], expected))
+
+
+def _format_index(header):
+    """Index into ENCODED_IMAGE_FORMATS of the file's signature bytes, or UNKNOWN_FORMAT / ANIMATED_WEBP."""
+    index = tf.constant(UNKNOWN_FORMAT, tf.int32)
+    for position, name in enumerate(ENCODED_IMAGE_FORMATS[:-1]):
+        index = tf.where(_starts_with(header, _MAGIC[name]), position, index)
+    webp = tf.logical_and(_starts_with(header, b"RIFF"), _starts_with(header, b"WEBP", offset=8))
+    animated = tf.logical_and(_starts_with(header, b"VP8X", offset=12), tf.bitwise.bitwise_and(header[20], 2) > 0)
+    webp_index = tf.where(animated, ANIMATED_WEBP, len(ENCODED_IMAGE_FORMATS) - 1)
+    return tf.where(webp, webp_index, index)
+
+
+def _uint(header, start, length, big_endian):
+    """The unsigned integer in `header[start : start + length]`, as int64."""
+    values = tf.cast(header[start : start + length], tf.int64)
+    weights = [256**k for k in range(length)]
+    return tf.reduce_sum(values * tf.constant(weights[::-1] if big_endian else weights, tf.int64))
+
+
+def _int32_le(header, start):
+    """The signed little-endian int32 at `start` (BMP stores a top-down image with a negative height)."""
+    value = _uint(header, start, 4, big_endian=False)
+    return tf.where(value >= 2**31, value - 2**32, value)
+
+
+def _single_frame(height, width):
+    size = tf.cast(tf.stack([height, width]), tf.int64)
+    return size, size[0] * size[1]
+
+
+def _jpeg_size(contents):
+    shape = tf.cast(tf.io.extract_jpeg_shape(contents), tf.int64)  # [height, width, channels]
+    return _single_frame(shape[0], shape[1])
+
+
+def _webp_size(header):
+    """The canvas of a WebP: from its VP8X, lossless VP8L or lossy VP8 chunk."""
+    chunk = header[12:16]
+    is_extended = tf.reduce_all(tf.equal(chunk, tf.constant(list(b"VP8X"), tf.uint8)))
+    is_lossless = tf.reduce_all(tf.equal(chunk, tf.constant(list(b"VP8L"), tf.uint8)))
+    extended = (_uint(header, 27, 3, big_endian=False) + 1, _uint(header, 24, 3, big_endian=False) + 1)
+    bits = _uint(header, 21, 4, big_endian=False)  # 14 bits width - 1, then 14 bits height - 1
+    lossless = (tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 14), 0x3FFF) + 1,
+                tf.bitwise.bitwise_and(bits, 0x3FFF) + 1)
+    lossy = (tf.bitwise.bitwise_and(_uint(header, 28, 2, big_endian=False), 0x3FFF),
+             tf.bitwise.bitwise_and(_uint(header, 26, 2, big_endian=False), 0x3FFF))
+    height = tf.where(is_extended, extended[0], tf.where(is_lossless, lossless[0], lossy[0]))
+    width = tf.where(is_extended, extended[1], tf.where(is_lossless, lossless[1], lossy[1]))
+    return _single_frame(height, width)
+
+
+def _color_table_bytes(flags):
+    """Size of the colour table announced by a GIF flags byte (bit 7: present; bits 0-2: log2 entries - 1)."""
+    entries = tf.bitwise.left_shift(tf.constant(2, tf.int64), tf.bitwise.bitwise_and(flags, 7))
+    return tf.where(tf.bitwise.bitwise_and(flags, 0x80) > 0, 3 * entries, tf.constant(0, tf.int64))
+
+
+def _gif_size(contents, header):
+    """Canvas (extent of all frames) and total frame pixels of a GIF, walking its blocks.
+
+    A GIF is a sequence of blocks: image descriptors (0x2C, followed by an
+    optional colour table and LZW data sub-blocks), extensions (0x21, label,
+    sub-blocks) and the trailer (0x3B). Each sub-block starts with its length;
+    a zero length ends a chain. Every step moves forward by at least a byte.
+    """
+    length = tf.cast(tf.strings.length(contents), tf.int64)
+    padded = tf.strings.join([contents, tf.constant(b"\0" * 10)])
+    start = 13 + _color_table_bytes(tf.cast(header[10], tf.int64))
+
+    def read(position):  # 10 bytes from `position`, as int64
+        block = tf.strings.substr(padded, position, tf.constant(10, tf.int64))
+        return tf.cast(tf.io.decode_raw(block, tf.uint8), tf.int64)
+
+    def step(position, in_sub_blocks, height, width, pixels):
+        block = tf.ensure_shape(read(position), [10])
+        is_image = tf.logical_and(tf.logical_not(in_sub_blocks), tf.equal(block[0], 0x2C))
+        is_extension = tf.logical_and(tf.logical_not(in_sub_blocks), tf.equal(block[0], 0x21))
+        left, top = block[1] + 256 * block[2], block[3] + 256 * block[4]
+        frame_width, frame_height = block[5] + 256 * block[6], block[7] + 256 * block[8]
+        next_position = tf.where(
+            in_sub_blocks,
+            position + 1 + block[0],
+            tf.where(is_image, position + 11 + _color_table_bytes(block[9]),
+                     tf.where(is_extension, position + 2, length)),  # trailer or garbage: stop
+        )
+        next_in_sub_blocks = tf.where(in_sub_blocks, block[0] > 0, tf.logical_or(is_image, is_extension))
+        zero = tf.constant(0, tf.int64)
+        return (
+            next_position,
+            next_in_sub_blocks,
+            tf.maximum(height, tf.where(is_image, top + frame_height, zero)),
+            tf.maximum(width, tf.where(is_image, left + frame_width, zero)),
+            pixels + tf.where(is_image, frame_width * frame_height, zero),
+        )
+
+    zero = tf.constant(0, tf.int64)
+    _, _, height, width, pixels = tf.while_loop(
+        lambda position, *_: position < length, step, (start, tf.constant(False), zero, zero, zero)
+    )
+    return tf.stack([height, width]), tf.maximum(pixels, height * width)

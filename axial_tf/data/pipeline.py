@@ -1,17 +1,24 @@
 """tf.data input pipelines for panoptic segmentation and classification.
 
-Panoptic training, per example (`panoptic_train_example`):
+Panoptic training: each epoch is a seeded shuffle of the records (as stored),
+then per example (`panoptic_train_example`):
     decode -> random scale -> pad to the crop (image: pad value, label: void)
     -> random crop -> random horizontal flip -> photometric augmentation
     (-> light AutoAugment) -> target generation
 then batch -> prefetch (`build_panoptic_train_dataset`).
 
-Determinism: the example stream is a seeded shuffle of the (sharded) records;
-example n of the stream is augmented with seeds derived from (seed, input
-pipeline id, n) by stateless ops, so a run is reproducible regardless of
+Determinism: the example stream is a sequence of epochs, each a seeded shuffle
+of the (sharded) records whose seed is a pure function of (seed, input pipeline
+id, epoch); example n of the stream is augmented with seeds derived from (seed,
+input pipeline id, n) by stateless ops, so a run is reproducible regardless of
 threading, and a restored iterator continues exactly. The per-replica batch
 size does not change the stream, so one worker gives the same examples with
 any number of replicas.
+
+Resume: a run resumed at stream position n starts at epoch n // epoch_size and
+skips only n % epoch_size records, before they are decoded (the `*_dataset_fn`
+helpers read the records as stored and decode after the skip), so its cost is
+at most one epoch of record reads at any step.
 
 Distribution: the `*_dataset_fn` helpers return a function of a
 `tf.distribute.InputContext` for `strategy.distribute_datasets_from_function`;
@@ -31,18 +38,120 @@ from axial_tf.targets import PanopticTargetGenerator
 AUTOTUNE = tf.data.AUTOTUNE
 # Mixed into the shuffle seed so that workers shuffle differently.
 _SHUFFLE_SEED_STRIDE = 1_000_003
+# The graph-level seed of the per-epoch shuffles (any nonzero constant).
+_SHUFFLE_GRAPH_SEED = 1
+# The "endless" stream ends after this many epochs, which no run reaches.
+_LAST_EPOCH = 2**62
+# A shuffle made inside `flat_map` holds a seed-generator resource, which makes saving an
+# iterator fail by default; that generator is a dummy without state (the seeds are the
+# shuffle's inputs and its position is in the iterator's own state), so it can be ignored.
+_CHECKPOINTABLE = tf.data.Options()
+_CHECKPOINTABLE.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
 
 
-def _numbered_stream(examples, seed, input_pipeline_id, shuffle_buffer_size, cache, start_example):
-    """The endless, seeded-shuffled `(example, position)` stream that augmentation seeds key on."""
+def _epoch_shuffle_seed(seed, input_pipeline_id, epoch):
+    """The shuffle seed of one epoch, a pure function of its arguments.
+
+    Args:
+        seed: Python int, the run's seed.
+        input_pipeline_id: Python int or scalar tensor, the reading worker.
+        epoch: int64 scalar tensor.
+
+    Returns:
+        int64 scalar tensor.
+    """
+    worker_seed = tf.constant(seed, tf.int64) * _SHUFFLE_SEED_STRIDE + tf.cast(
+        input_pipeline_id, tf.int64
+    )
+    key = tf.stack([worker_seed, tf.cast(epoch, tf.int64)])
+    return tf.random.stateless_uniform([], key, minval=None, maxval=None, dtype=tf.int64)
+
+
+def _epoch_size(records):
+    """The number of records of one epoch; the epoch order and the resume position need it."""
+    count = tf.get_static_value(records.cardinality())
+    if count is None or count < 0:
+        raise ValueError(
+            "The training records have no known count (e.g. after `filter`), which the resumable "
+            "epoch order needs: apply `tf.data.experimental.assert_cardinality(count)` to them."
+        )
+    if count == 0:
+        raise ValueError("The training records are empty.")
+    return int(count)
+
+
+def _numbered_stream(
+    records, decode_record, seed, input_pipeline_id, shuffle_buffer_size, cache, start_example
+):
+    """The endless, seeded-shuffled `(decoded record, position)` stream from `start_example` on.
+
+    Epoch e is `records` shuffled with `_epoch_shuffle_seed(seed, input_pipeline_id, e)`,
+    so the stream from any position is computed from that position alone: a resumed
+    run starts at its epoch and skips the rest inside it, still undecoded.
+
+    Args:
+        records: Dataset of records (one epoch, finite, known count).
+        decode_record: Function of a record returning it decoded, or None when
+            `records` are decoded already.
+        seed: Seed of shuffling.
+        input_pipeline_id: The reading worker.
+        shuffle_buffer_size: Shuffle buffer (records).
+        cache: Decode once and keep the decoded records in memory.
+        start_example: The position of the first element.
+
+    Returns:
+        A `tf.data.Dataset` of (decoded record, int64 position).
+    """
+    if start_example < 0:
+        raise ValueError(f"start_example must be >= 0, got {start_example}.")
     if cache:
-        examples = examples.cache()
-    examples = examples.shuffle(
-        shuffle_buffer_size,
-        seed=seed * _SHUFFLE_SEED_STRIDE + input_pipeline_id,
-        reshuffle_each_iteration=True,
-    ).repeat()
-    return tf.data.Dataset.zip((examples, tf.data.Dataset.counter())).skip(start_example)
+        if decode_record is not None:
+            # Decoding is what the cache saves, so it holds decoded records; the price is
+            # that a resumed run decodes its whole first epoch (small datasets only).
+            records = records.map(decode_record, num_parallel_calls=AUTOTUNE, deterministic=True)
+            decode_record = None
+        records = records.cache()
+    epoch_size = _epoch_size(records)
+
+    def epoch_order(epoch):
+        if not tf.executing_eagerly():  # tracing (always, except in tf.data's debug mode)
+            # `shuffle` pairs its seed with the graph-level seed: the process's global seed when
+            # set, on which the order should not depend, and with which a tensor seed fails when
+            # it is 0 (`seeds == (0, 0)` in TF's `get_seed`). This function's graph gets its own.
+            tf.random.set_seed(_SHUFFLE_GRAPH_SEED)
+        return records.shuffle(
+            shuffle_buffer_size,
+            seed=_epoch_shuffle_seed(seed, input_pipeline_id, epoch),
+            reshuffle_each_iteration=False,
+        )
+
+    first_epoch, skipped_in_epoch = divmod(start_example, epoch_size)
+    epochs = tf.data.Dataset.range(first_epoch, _LAST_EPOCH)
+    stream = epochs.flat_map(epoch_order).skip(skipped_in_epoch)
+    if decode_record is not None:
+        stream = stream.map(decode_record, num_parallel_calls=AUTOTUNE, deterministic=True)
+    numbered = tf.data.Dataset.zip((stream, tf.data.Dataset.counter(start_example)))
+    return numbered.with_options(_CHECKPOINTABLE)
+
+
+def read_encoded_split(builder, split, input_context=None):
+    """The records of `builders.read_split`, as stored, and the function that decodes one.
+
+    Training pipelines decode after shuffling and skipping, so that the
+    examples a resumed run skips are read but never decoded.
+
+    Args:
+        builder: A prepared builder.
+        split: Split name (TFDS slicing works too).
+        input_context: Optional `tf.distribute.InputContext`.
+
+    Returns:
+        (`tf.data.Dataset` of encoded records in file order, the same shard as
+        `builders.read_split`; function of an encoded record returning the record
+        as `builders.read_split` gives it).
+    """
+    encoded = builders.read_split(builder, split, input_context, decoded=False)
+    return encoded, builder.info.features.decode_example
 
 
 def default_target_generator(info, **kwargs):
@@ -114,11 +223,13 @@ def build_panoptic_train_dataset(
     input_pipeline_id=0,
     pad_value=127.5,
     start_example=0,
+    decode_record=None,
 ):
     """The infinite, batched panoptic training stream of one input pipeline.
 
     Args:
-        examples: Dataset of records (`records.py` layout), already sharded.
+        examples: Dataset of records (`records.py` layout), already sharded;
+            decoded, or as stored when `decode_record` is given.
         info: The dataset's `PanopticDatasetInfo`.
         crop_size: (height, width) of the training crop.
         batch_size: Examples per batch (per replica under tf.distribute).
@@ -129,11 +240,16 @@ def build_panoptic_train_dataset(
         shuffle_buffer_size: Shuffle buffer (examples).
         cache: Keep the decoded records in memory after the first epoch (for
             small datasets such as panoptic_shapes).
-        input_pipeline_id: The reading worker (part of the augmentation seed).
+        input_pipeline_id: The reading worker (part of the shuffle and
+            augmentation seeds).
         pad_value: Image padding value (the model's mean pixel).
         start_example: Examples of the stream to skip (a resumed run passes what
-            it already consumed); skipped examples are not augmented, and the
-            rest get exactly the seeds they would have had.
+            it already consumed); the stream goes on exactly as an uninterrupted
+            one from that position, and its cost is at most one epoch of skipped
+            records, not decoded when `decode_record` is given.
+        decode_record: Function decoding one record of `examples`, applied after
+            the shuffle and the skip (see `read_encoded_split`); None when
+            `examples` are decoded.
 
     Returns:
         A `tf.data.Dataset` of dicts: `image` float32 [B, h, w, 3] in
@@ -145,17 +261,20 @@ def build_panoptic_train_dataset(
     """
     crop_size = tuple(int(side) for side in crop_size)
     target_generator = target_generator or default_target_generator(info)
-    examples = examples.map(
-        lambda record: (record[records.IMAGE_KEY], record[records.PANOPTIC_LABEL_KEY]),
-        num_parallel_calls=AUTOTUNE,
+    stream = _numbered_stream(
+        examples, decode_record, seed, input_pipeline_id, shuffle_buffer_size, cache, start_example
     )
-    stream = _numbered_stream(examples, seed, input_pipeline_id, shuffle_buffer_size, cache, start_example)
 
-    def prepare(example, example_index):
-        image, panoptic_label = example
+    def prepare(record, example_index):
         seeds = augment.example_seeds(seed, input_pipeline_id, example_index)
         image, label = panoptic_train_example(
-            image, panoptic_label, seeds, crop_size, info, augmentation, pad_value
+            record[records.IMAGE_KEY],
+            record[records.PANOPTIC_LABEL_KEY],
+            seeds,
+            crop_size,
+            info,
+            augmentation,
+            pad_value,
         )
         targets = target_generator(label)
         targets = {
@@ -232,11 +351,13 @@ def panoptic_train_dataset_fn(builder, split, info, global_batch_size, **kwargs)
 
     def dataset_fn(input_context=None, **overrides):  # overrides, e.g. start_example
         context = input_context or tf.distribute.InputContext()
+        encoded, decode_record = read_encoded_split(builder, split, context)
         return build_panoptic_train_dataset(
-            builders.read_split(builder, split, context),
+            encoded,
             info,
             batch_size=context.get_per_replica_batch_size(global_batch_size),
             input_pipeline_id=context.input_pipeline_id,
+            decode_record=decode_record,
             **{**kwargs, **overrides},
         )
 
@@ -312,11 +433,13 @@ def build_classification_train_dataset(
     area_range=(0.08, 1.0),
     flip_probability=0.5,
     start_example=0,
+    decode_record=None,
 ):
     """The infinite, batched classification training stream of one pipeline.
 
     Args:
-        examples: Dataset of classification records, already sharded.
+        examples: Dataset of classification records, already sharded; decoded,
+            or as stored when `decode_record` is given.
         image_size: Output side length.
         batch_size: Examples per batch (per replica under tf.distribute).
         seed: Seed of shuffling and augmentation.
@@ -326,25 +449,23 @@ def build_classification_train_dataset(
         area_range: Random resized crop area range.
         flip_probability: Chance of a horizontal flip.
         start_example: Examples of the stream to skip (see the panoptic pipeline).
+        decode_record: Function decoding one record of `examples` after the
+            shuffle and the skip (see the panoptic pipeline).
 
     Returns:
         A `tf.data.Dataset` of dicts: `image` float32 [B, s, s, 3] in [0, 255],
         `label` int32 [B].
     """
-    examples = examples.map(
-        lambda record: (
-            record[records.IMAGE_KEY],
-            tf.cast(record[records.CLASS_LABEL_KEY], tf.int32),
-        ),
-        num_parallel_calls=AUTOTUNE,
+    stream = _numbered_stream(
+        examples, decode_record, seed, input_pipeline_id, shuffle_buffer_size, cache, start_example
     )
-    stream = _numbered_stream(examples, seed, input_pipeline_id, shuffle_buffer_size, cache, start_example)
 
-    def prepare(example, example_index):
-        image, label = example
+    def prepare(record, example_index):
         seeds = augment.example_seeds(seed, input_pipeline_id, example_index)
-        image = classification_train_example(image, seeds, image_size, area_range, flip_probability)
-        return {"image": image, "label": label}
+        image = classification_train_example(
+            record[records.IMAGE_KEY], seeds, image_size, area_range, flip_probability
+        )
+        return {"image": image, "label": tf.cast(record[records.CLASS_LABEL_KEY], tf.int32)}
 
     stream = stream.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
     return stream.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
@@ -378,10 +499,12 @@ def classification_train_dataset_fn(builder, split, global_batch_size, **kwargs)
 
     def dataset_fn(input_context=None, **overrides):  # overrides, e.g. start_example
         context = input_context or tf.distribute.InputContext()
+        encoded, decode_record = read_encoded_split(builder, split, context)
         return build_classification_train_dataset(
-            builders.read_split(builder, split, context),
+            encoded,
             batch_size=context.get_per_replica_batch_size(global_batch_size),
             input_pipeline_id=context.input_pipeline_id,
+            decode_record=decode_record,
             **{**kwargs, **overrides},
         )
 

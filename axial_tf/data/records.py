@@ -4,17 +4,21 @@ Panoptic records (every panoptic builder):
     image:          uint8 [H, W, 3], stored as the source PNG/JPEG bytes.
     panoptic_label: int32 [H, W], `semantic * label_divisor + instance`,
                     zlib-compressed; void is `ignore_label * label_divisor`.
-    file_name:      the source image file name (for messages and predictions).
+    file_name:      the example's name, unique in its split (for messages and
+                    predictions): the image's path relative to the images
+                    folder (Cityscapes: the file name; panoptic_shapes: a
+                    generated name).
 
 Classification records (image-folder builder, and TFDS `imagenet2012`):
     image:     uint8 [H, W, 3].
     label:     int64 class id.
-    file_name: the source image file name.
+    file_name: the source image's name (image folder: `class/file`).
 
 A panoptic dataset's label space (class names, thing ids, label divisor,
 ignore label) lives in the builder's metadata under `METADATA_KEY`, as the
 JSON of a `PanopticDatasetInfo`; a classification dataset's class names are
-those of its `label` feature.
+those of its `label` feature. A builder that reads source files also stores a
+fingerprint of them under `SOURCE_FINGERPRINT_KEY` (`source_fingerprint.py`).
 """
 
 import numpy as np
@@ -28,6 +32,7 @@ FILE_NAME_KEY = "file_name"
 # Builder metadata keys.
 METADATA_KEY = "axial_tf_dataset_info"
 INVALID_EXAMPLES_KEY = "invalid_examples"
+SOURCE_FINGERPRINT_KEY = "source_fingerprint"
 
 
 def panoptic_features():

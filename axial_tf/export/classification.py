@@ -2,8 +2,8 @@
 
 import tensorflow as tf
 
-from axial_tf.data.inference import classification_eval_image
-from axial_tf.export.serving import ServingModule, decode_image
+from axial_tf.data.inference import classification_eval_image, decode_image
+from axial_tf.export.serving import DEFAULT_MAX_MEGAPIXELS, ServingModule
 
 
 class ClassificationServingModule(ServingModule):
@@ -22,14 +22,18 @@ class ClassificationServingModule(ServingModule):
         top_k: Number of classes returned per image.
         class_names: Name of each class id (None: the ids as strings).
         crop_fraction: Central crop fraction of evaluation.
+        max_megapixels: Most pixels (millions) of one request.
 
     Example:
         >>> module = ClassificationServingModule(classifier, image_size=224, top_k=5)
         >>> module.serve_images(tf.zeros([2, 300, 400, 3], tf.uint8))["classes"]  # [2, 5]
     """
 
-    def __init__(self, model, image_size, top_k=5, class_names=None, crop_fraction=0.875):
-        super().__init__(model, name="axial_resnet_classifier_serving")
+    def __init__(
+        self, model, image_size, top_k=5, class_names=None, crop_fraction=0.875,
+        max_megapixels=DEFAULT_MAX_MEGAPIXELS,
+    ):
+        super().__init__(model, name="axial_resnet_classifier_serving", max_megapixels=max_megapixels)
         num_classes = int(model.num_classes)
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}.")

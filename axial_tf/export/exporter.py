@@ -1,5 +1,9 @@
 """From an experiment (config + checkpoint, or a `.keras` model) to a served SavedModel."""
 
+import os
+
+import tensorflow as tf
+
 import axial_tf
 from axial_tf.export.classification import ClassificationServingModule
 from axial_tf.export.loading import (
@@ -9,7 +13,8 @@ from axial_tf.export.loading import (
     postprocess_options_from_config,
 )
 from axial_tf.export.panoptic import PanopticServingModule
-from axial_tf.export.saved_model import check_output_dir, save_serving_module
+from axial_tf.export.saved_model import check_output_dir, resolve_export_dir, staged_export, write_saved_model
+from axial_tf.export.serving import DEFAULT_MAX_MEGAPIXELS, max_pixels_from_megapixels
 
 DEFAULT_CLASSIFICATION_IMAGE_SIZE = 224
 
@@ -21,7 +26,7 @@ def is_classifier(model):
     return isinstance(model, AxialResNetClassifier)
 
 
-def serving_module_from_config(model, config, info=None, top_k=5):
+def serving_module_from_config(model, config, info=None, top_k=5, max_megapixels=DEFAULT_MAX_MEGAPIXELS):
     """Wraps `model` with the pre- and post-processing its experiment evaluates with.
 
     Args:
@@ -29,6 +34,7 @@ def serving_module_from_config(model, config, info=None, top_k=5):
         config: Its `ExperimentConfig`.
         info: Its dataset descriptor (default: read with `dataset_info_from_config`).
         top_k: Classes returned per image (classification).
+        max_megapixels: Most pixels (millions) of one request.
 
     Returns:
         A `PanopticServingModule` or `ClassificationServingModule`.
@@ -36,7 +42,8 @@ def serving_module_from_config(model, config, info=None, top_k=5):
     info = info or dataset_info_from_config(config)
     if config.model.task == "classification":
         return ClassificationServingModule(
-            model, image_size=config.data.crop_size[0], top_k=top_k, class_names=info.class_names
+            model, image_size=config.data.crop_size[0], top_k=top_k, class_names=info.class_names,
+            max_megapixels=max_megapixels,
         )
     return PanopticServingModule(
         model,
@@ -44,6 +51,7 @@ def serving_module_from_config(model, config, info=None, top_k=5):
         inference_preprocessor_from_config(config),
         scales=config.evaluation.eval_scales,
         flip=config.evaluation.flip,
+        max_megapixels=max_megapixels,
     )
 
 
@@ -84,6 +92,7 @@ def label_space_info(module, info=None):
             "class_names": list(module.class_names),
             "image_size": module.image_size,
             "top_k": module.top_k,
+            "max_megapixels": module.max_megapixels,
         }
     options = module.postprocess_options
     preprocessor = module.preprocessor
@@ -98,6 +107,7 @@ def label_space_info(module, info=None):
         "resize_policy": preprocessor.resize_policy,
         "eval_scales": list(module.scales),
         "flip": module.flip,
+        "max_megapixels": module.max_megapixels,
     }
 
 
@@ -120,8 +130,38 @@ def export_info(module, info=None, source=None):
     }
 
 
+def check_model_source(model_dir=None, checkpoint=None, keras_model=None):
+    """Fails early, naming it, when the model directory or `.keras` file to load does not exist.
+
+    (A missing checkpoint is reported by `resolve_checkpoint`.)
+
+    Args:
+        model_dir, checkpoint, keras_model: As for `build_serving_module`.
+
+    Raises:
+        FileNotFoundError: If the model directory or `.keras` file does not exist.
+    """
+    if model_dir and not tf.io.gfile.isdir(os.fspath(model_dir)):
+        raise FileNotFoundError(f"--model_dir {model_dir} does not exist (or is not a folder).")
+    keras_file = keras_model or (checkpoint if os.fspath(checkpoint or "").endswith(".keras") else None)
+    if keras_file and not tf.io.gfile.exists(os.fspath(keras_file)):
+        raise FileNotFoundError(f"Keras model {keras_file} does not exist.")
+
+
+def _check_sources(config, model_dir, checkpoint, keras_model):
+    """The model source exists, and a checkpoint comes with the config that describes its model."""
+    check_model_source(model_dir=model_dir, checkpoint=checkpoint, keras_model=keras_model)
+    if config is not None or keras_model or os.fspath(checkpoint or "").endswith(".keras"):
+        return
+    if model_dir:
+        raise ValueError(f"--model_dir {model_dir} has no config.yaml (saved by training); pass --config.")
+    if checkpoint:
+        raise ValueError(f"--checkpoint {checkpoint} needs the experiment config that trained it; pass --config.")
+
+
 def build_serving_module(
-    config=None, model_dir=None, checkpoint=None, keras_model=None, top_k=5, image_size=None
+    config=None, model_dir=None, checkpoint=None, keras_model=None, top_k=5, image_size=None,
+    max_megapixels=DEFAULT_MAX_MEGAPIXELS,
 ):
     """Loads a trained model and wraps it in its serving module.
 
@@ -134,6 +174,7 @@ def build_serving_module(
         top_k: Classes returned per image (classification).
         image_size: Classification input side when there is no config
             (default 224).
+        max_megapixels: Most pixels (millions) of one request.
 
     Returns:
         A tuple `(module, info)`: the serving module and the dataset
@@ -141,17 +182,22 @@ def build_serving_module(
 
     Raises:
         ValueError: A panoptic model without config, or bad sources.
+        FileNotFoundError: A missing model directory, checkpoint or file.
     """
+    _check_sources(config, model_dir, checkpoint, keras_model)
     model = load_model(config, model_dir=model_dir, checkpoint=checkpoint, keras_model=keras_model)
     if config is not None:
         info = dataset_info_from_config(config)
-        return serving_module_from_config(model, config, info=info, top_k=top_k), info
+        module = serving_module_from_config(model, config, info=info, top_k=top_k, max_megapixels=max_megapixels)
+        return module, info
     if not is_classifier(model):
         raise ValueError(
             f"The panoptic model {keras_model or checkpoint} needs its experiment config (--config): the dataset's "
             "thing classes, label divisor, input size and post-processing are not stored in a .keras file."
         )
-    module = ClassificationServingModule(model, image_size=image_size or DEFAULT_CLASSIFICATION_IMAGE_SIZE, top_k=top_k)
+    module = ClassificationServingModule(
+        model, image_size=image_size or DEFAULT_CLASSIFICATION_IMAGE_SIZE, top_k=top_k, max_megapixels=max_megapixels
+    )
     return module, None
 
 
@@ -164,22 +210,36 @@ def export_model(
     top_k=5,
     image_size=None,
     overwrite=False,
+    max_megapixels=DEFAULT_MAX_MEGAPIXELS,
 ):
     """Exports a trained model as a SavedModel for TF Serving (what `tools/export.py` runs).
 
+    The export is atomic (`staged_export`); `resolve_export_dir` says where it
+    goes: a serving base folder such as `exports/NAME` gets its next version.
+
     Args:
-        output_dir: SavedModel directory to write.
-        config, model_dir, checkpoint, keras_model, top_k, image_size: As for
-            `build_serving_module`.
-        overwrite: Replace an existing non-empty `output_dir`.
+        output_dir: SavedModel directory to write, or a serving base folder.
+        config, model_dir, checkpoint, keras_model, top_k, image_size,
+            max_megapixels: As for `build_serving_module`.
+        overwrite: Replace an earlier export at `output_dir`.
 
     Returns:
-        The serving module that was saved.
+        A tuple `(module, saved_model_dir)`: the serving module and where it was saved.
+
+    Raises:
+        FileExistsError: If the target holds files that may not be replaced.
+        OSError: If the target's parent folder cannot be written.
     """
-    check_output_dir(output_dir, overwrite)  # before spending time on the model
-    module, info = build_serving_module(
-        config, model_dir=model_dir, checkpoint=checkpoint, keras_model=keras_model, top_k=top_k, image_size=image_size
-    )
-    source = str(model_dir or checkpoint or keras_model)
-    save_serving_module(module, output_dir, export_info(module, info, source=source), overwrite=overwrite)
-    return module
+    saved_model_dir = resolve_export_dir(output_dir)
+    # Everything that can be checked before spending time on the model.
+    check_output_dir(saved_model_dir, overwrite)
+    _check_sources(config, model_dir, checkpoint, keras_model)
+    max_pixels_from_megapixels(max_megapixels)
+    with staged_export(saved_model_dir, overwrite) as staging:  # creating it checks the folder is writable
+        module, info = build_serving_module(
+            config, model_dir=model_dir, checkpoint=checkpoint, keras_model=keras_model, top_k=top_k,
+            image_size=image_size, max_megapixels=max_megapixels,
+        )
+        source = str(model_dir or checkpoint or keras_model)
+        write_saved_model(module, staging, export_info(module, info, source=source))
+    return module, saved_model_dir

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import zipfile
 
 import keras
 import tensorflow as tf
@@ -95,9 +96,12 @@ def resolve_checkpoint(path):
         The checkpoint prefix.
 
     Raises:
-        FileNotFoundError: If no checkpoint is found there.
+        FileNotFoundError: If no checkpoint is found there, or `path` does not exist at all.
     """
     path = os.fspath(path)
+    if not tf.io.gfile.exists(path) and not tf.io.gfile.exists(path + ".index"):
+        raise FileNotFoundError(f"{path} does not exist: it is neither a model directory nor a checkpoint prefix "
+                                f"(there is no {path}.index either).")
     if tf.io.gfile.isdir(path):
         prefix = tf.train.latest_checkpoint(os.path.join(path, CHECKPOINT_SUBDIR)) or tf.train.latest_checkpoint(path)
         if prefix is None:
@@ -133,6 +137,9 @@ def load_keras_model(path):
 
     Raises:
         FileNotFoundError: If the file does not exist.
+        ValueError: The file is no `.keras` archive (e.g. truncated), or it refers to code that
+            safe mode does not load (a Python lambda, an unregistered function or class); one line
+            naming the file and the culprit.
     """
     # Importing the model modules registers their classes for deserialisation.
     from axial_tf.models import axial_deeplab, classifier  # noqa: F401
@@ -140,7 +147,31 @@ def load_keras_model(path):
     path = os.fspath(path)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"Keras model {path!r} not found.")
-    return keras.models.load_model(path, safe_mode=True, compile=False)
+    with tf.io.gfile.GFile(path, "rb") as stream:
+        if not zipfile.is_zipfile(stream):
+            raise ValueError(f"{path} is not a .keras archive (a zip file written by model.save); it may be truncated.")
+    try:
+        return keras.models.load_model(path, safe_mode=True, compile=False)
+    except (ValueError, TypeError, OSError, KeyError, zipfile.BadZipFile) as error:
+        reason = _keras_load_reason(error)
+    raise ValueError(f"Cannot load {path} safely: {reason}.")
+
+
+def _keras_load_reason(error):
+    """The innermost cause of a Keras deserialisation error, on one line.
+
+    Keras nests the error of each enclosing layer and model, and prints their configs, into one
+    message; the last "Exception encountered:" part is the actual culprit.
+    """
+    text = str(error).split("Exception encountered:")[-1].strip()
+    if "Lambda" in text and "safe_mode" in text:
+        return ("it holds a Lambda layer with a Python lambda, which safe mode refuses to deserialise "
+                "(it could run arbitrary code)")
+    function = re.search(r"Could not locate (function|class) '([^']+)'", text)
+    if function:
+        return (f"it refers to the {function.group(1)} {function.group(2)!r}, which is not one of axial_tf's "
+                "or Keras's registered objects; safe mode loads no other code")
+    return text.splitlines()[0].split(". ")[0] if text else type(error).__name__
 
 
 def load_model(config=None, model_dir=None, checkpoint=None, keras_model=None):
@@ -204,9 +235,13 @@ def restore_weights(model, source, config=None, extra_items=None):
         The checkpoint prefix or `.keras` path that was read.
 
     Raises:
-        ValueError: The source does not hold every weight of `model` with its shape.
+        ValueError: The source does not hold every weight of `model` with its shape, or a
+            `.keras` file cannot be loaded safely.
+        UnreadableCheckpointError: The checkpoint is truncated or corrupt (a `ValueError`;
+            the message names ckpt-N).
         FileNotFoundError: The source does not exist.
     """
+    from axial_tf.training.checkpoints import restore_checkpoint
     from axial_tf.training.trainer import model_checkpoint_items
 
     source = os.fspath(source)
@@ -231,23 +266,8 @@ def restore_weights(model, source, config=None, extra_items=None):
     prefix = resolve_checkpoint(source)
     # The trainer's layout: every variable under its Keras path.
     checkpoint = tf.train.Checkpoint(**model_checkpoint_items(model), **(extra_items or {}))
-    try:
-        checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched()
-    except (AssertionError, ValueError) as error:  # missing variables / shape mismatches
-        raise ValueError(
-            f"Checkpoint {prefix} does not hold every variable of the model the config describes{described}: "
-            f"{_short_restore_error(error)}"
-        ) from None
+    restore_checkpoint(checkpoint, prefix, partial=True, described=described)
     return prefix
-
-
-def _short_restore_error(error):
-    """TF's restore error without the variable values it prints: the count and a few variable paths."""
-    text = str(error)
-    paths = re.findall(r"<Variable path=([^,]+),", text)
-    if not paths:
-        return text
-    return text.split(" Showing")[0] + " First missing: " + ", ".join(paths[:5]) + "."
 
 
 def _check_model_matches_config(model, config, source):

@@ -10,7 +10,8 @@ and flip averaging, Panoptic-DeepLab post-processing) and
 
 import tensorflow as tf
 
-from axial_tf.export.serving import ServingModule, UntrackedReference, decode_image
+from axial_tf.data.inference import decode_image
+from axial_tf.export.serving import DEFAULT_MAX_MEGAPIXELS, ServingModule, UntrackedReference
 from axial_tf.models.inference import predict_panoptic
 
 IMAGE_SIZE_OUTPUT = "image_size"
@@ -37,7 +38,9 @@ class PanopticServingModule(ServingModule):
     each prediction is restored to its image's size and then padded at the
     bottom/right to the largest image of the batch (void / zeros); the
     `image_size` output [B, 2] says how much of each map is valid. A batch
-    needs at least one image.
+    needs at least one image, and may hold at most `max_megapixels` (B x
+    largest height x largest width), checked from the image headers before
+    decoding; see `ServingModule`.
 
     Outputs, at the input resolution: `panoptic_pred`, `semantic_pred`,
     `instance_pred` (int32 [B, H, W]), `semantic_probs` (float32
@@ -50,6 +53,7 @@ class PanopticServingModule(ServingModule):
         preprocessor: The evaluation `InferencePreprocessor`.
         scales: Multi-scale inference factors (`evaluation.eval_scales`).
         flip: Average with the mirrored image (`evaluation.flip`).
+        max_megapixels: Most pixels (millions) of one request.
 
     Example:
         >>> module = PanopticServingModule(model, options, preprocessor)
@@ -57,8 +61,11 @@ class PanopticServingModule(ServingModule):
         >>> tf.saved_model.save(module, "export/1", signatures=module.signatures())
     """
 
-    def __init__(self, model, postprocess_options, preprocessor, scales=(1.0,), flip=False):
-        super().__init__(model, name="axial_deeplab_serving")
+    def __init__(
+        self, model, postprocess_options, preprocessor, scales=(1.0,), flip=False,
+        max_megapixels=DEFAULT_MAX_MEGAPIXELS,
+    ):
+        super().__init__(model, name="axial_deeplab_serving", max_megapixels=max_megapixels)
         self._postprocess_options = postprocess_options
         self._preprocessor = preprocessor
         self._scales = tuple(float(s) for s in scales)
@@ -107,8 +114,7 @@ class PanopticServingModule(ServingModule):
         prepared, original_sizes, valid_sizes = tf.map_fn(
             decode_and_prepare, image_bytes, fn_output_signature=(input_spec, size_spec, size_spec)
         )  # [B, h, w, 3], [B, 2], [B, 2]
-        # The zero row keeps the maximum defined for an empty batch.
-        output_size = tf.reduce_max(tf.concat([original_sizes, tf.zeros([1, 2], tf.int32)], 0), axis=0)
+        output_size = tf.reduce_max(original_sizes, axis=0)  # the signature's check refuses an empty batch
         outputs = self._predict_and_restore_function.value(prepared, original_sizes, valid_sizes, output_size)
         outputs[IMAGE_SIZE_OUTPUT] = original_sizes
         return outputs

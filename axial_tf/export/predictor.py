@@ -4,40 +4,166 @@ Both sources run the same `serving_default` graph code, so `tools/predict.py`
 gives the same maps from an export as from the checkpoint it was made from.
 """
 
+import io
+import math
 import os
+import warnings
 
 import numpy as np
+import PIL.Image
 import tensorflow as tf
 
+from axial_tf.data.inference import ENCODED_IMAGE_FORMATS, decode_image, encoded_image_header
+from axial_tf.export.errors import error_line
 from axial_tf.export.exporter import build_serving_module, label_space_info
-from axial_tf.export.saved_model import read_export_info
-from axial_tf.export.serving import IMAGES_INPUT, SERVING_DEFAULT, decode_image
+from axial_tf.export.saved_model import read_export_info, resolve_saved_model
+from axial_tf.export.serving import DEFAULT_MAX_MEGAPIXELS, IMAGES_INPUT, SERVING_DEFAULT, max_pixels_from_megapixels
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 LABEL_FORMATS = ("png", "npy")
+# `read_downscaled_image_file` decodes images of up to this many times the limit (PIL holds ~4 bytes a pixel).
+DOWNSCALE_MAX_FACTOR = 8
+# The header parser walks a GIF's blocks in a loop: traced once, it runs as one graph.
+_read_header = tf.function(encoded_image_header, input_signature=[tf.TensorSpec([], tf.string)])
 
 
-def read_image_file(path):
-    """Reads and decodes an image file with the decoder of the `serving_encoded` signature.
+class ImageTooLargeError(ValueError):
+    """An image file holds more pixels than may be decoded.
+
+    Attributes:
+        size: Its (height, width).
+    """
+
+    def __init__(self, message, size):
+        super().__init__(message)
+        self.size = tuple(size)
+
+
+def read_image_file(path, max_megapixels=DEFAULT_MAX_MEGAPIXELS):
+    """Reads an image file with the decoder of the `serving_encoded` signature, checking its size first.
+
+    The size is read from the header, so an image over `max_megapixels` is
+    refused before it takes any memory (`read_downscaled_image_file` shrinks
+    it instead).
 
     Args:
-        path: A JPEG/PNG/BMP/GIF file.
+        path: A JPEG/PNG/GIF/BMP/WebP file.
+        max_megapixels: Most pixels (millions) to decode; all frames of a GIF count.
 
     Returns:
         uint8 [H, W, 3] RGB.
 
     Raises:
+        ImageTooLargeError: If the image is over `max_megapixels` (names the file).
         ValueError: If the file cannot be read or decoded (names the file).
+    """
+    contents, size, decoded_pixels = _read_with_header(path)
+    if decoded_pixels > max_pixels_from_megapixels(max_megapixels):
+        raise ImageTooLargeError(
+            f"Image {path} is {_describe_size(size, decoded_pixels)}, over the limit of {max_megapixels:g} "
+            "megapixels (--max_megapixels); pass --downscale to predict it at a reduced size.",
+            size,
+        )
+    return _decoded(path, contents)
+
+
+def read_downscaled_image_file(path, max_megapixels=DEFAULT_MAX_MEGAPIXELS):
+    """Reads an image file shrunk, keeping its aspect ratio, to at most `max_megapixels`.
+
+    An image within the limit is read as `read_image_file` reads it. A larger
+    one is decoded with PIL (a JPEG at a reduced DCT scale, not at full size)
+    and resized; images over DOWNSCALE_MAX_FACTOR times the limit are refused.
+
+    Args:
+        path: A JPEG/PNG/GIF/BMP/WebP file.
+        max_megapixels: Most pixels (millions) of the returned image.
+
+    Returns:
+        uint8 [h, w, 3] RGB.
+
+    Raises:
+        ValueError: If the file cannot be read or decoded, or is too large even to shrink.
+    """
+    max_pixels = max_pixels_from_megapixels(max_megapixels)
+    contents, size, decoded_pixels = _read_with_header(path)
+    if decoded_pixels <= max_pixels:
+        return _decoded(path, contents)
+    if decoded_pixels > DOWNSCALE_MAX_FACTOR * max_pixels:
+        raise ImageTooLargeError(
+            f"Image {path} is {_describe_size(size, decoded_pixels)}, over {DOWNSCALE_MAX_FACTOR} times the limit "
+            f"of {max_megapixels:g} megapixels that --downscale decodes; shrink it first.",
+            size,
+        )
+    return _decoded_and_shrunk(path, contents.numpy(), fitted_size(size, max_pixels))
+
+
+def _decoded_and_shrunk(path, contents, size):
+    """uint8 [height, width, 3] of encoded `contents` resized to `size` (height, width), decoded by PIL."""
+    height, width = size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)  # the caller bounded the size
+        try:
+            with PIL.Image.open(io.BytesIO(contents)) as image:
+                image.draft("RGB", (width, height))  # JPEG: decode at 1/2, 1/4 or 1/8 scale, not full size
+                if image.mode in ("1", "P"):  # palette images only resize with nearest neighbours
+                    image = image.convert("RGB")
+                resized = image.resize((width, height), PIL.Image.Resampling.BILINEAR, reducing_gap=2.0)
+        except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as error:
+            raise ValueError(f"Cannot read image {path}: {error}") from None
+    return np.asarray(resized.convert("RGB"))
+
+
+def _read_with_header(path):
+    """The file's bytes (string tensor), (height, width) and decoded pixel count, read from its header.
+
+    Raises:
+        ValueError: If the file cannot be read or is not in a decodable format (names the file).
     """
     try:
         contents = tf.io.read_file(os.fspath(path))
+        format_index, size, decoded_pixels = _read_header(contents)
+    except tf.errors.OpError as error:
+        raise ValueError(f"Cannot read image {path}: {error_line(error)}") from None
+    if int(format_index) < 0:
+        formats = ", ".join(ENCODED_IMAGE_FORMATS[:-1])
+        raise ValueError(f"Cannot read image {path}: not a {formats} or still {ENCODED_IMAGE_FORMATS[-1]} file.")
+    return contents, size.numpy().tolist(), int(decoded_pixels)
+
+
+def _decoded(path, contents):
+    """uint8 [H, W, 3] of the file's bytes, decoded as `serving_encoded` decodes them."""
+    try:
         image = decode_image(contents).numpy()
-    except (tf.errors.OpError, OSError) as error:
-        message = getattr(error, "message", str(error)).strip().splitlines()[0]
-        raise ValueError(f"Cannot read image {path}: {message}") from None
+    except tf.errors.OpError as error:
+        raise ValueError(f"Cannot read image {path}: {error_line(error)}") from None
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"Cannot read image {path}: it has no pixels ({image.shape[0]}x{image.shape[1]}).")
     return image
+
+
+def _describe_size(size, decoded_pixels):
+    height, width = size
+    return f"{height}x{width} ({round(decoded_pixels / 1e6, 3):g} megapixels to decode)"
+
+
+def fitted_size(size, max_pixels):
+    """The largest (height, width) with `size`'s aspect ratio and at most `max_pixels` pixels.
+
+    Args:
+        size: (height, width).
+        max_pixels: The pixel limit.
+
+    Returns:
+        (height, width), each at least 1.
+    """
+    scale = min(1.0, math.sqrt(max_pixels / (size[0] * size[1])))
+    height, width = (max(1, math.floor(side * scale)) for side in size)
+    # A side rounded up to one pixel leaves the other the whole budget, no more.
+    if height == 1:
+        width = min(width, max_pixels)
+    if width == 1:
+        height = min(height, max_pixels)
+    return height, width
 
 
 def list_images(path):
@@ -104,22 +230,32 @@ class Predictor:
         """"panoptic" or "classification"."""
         return self.info["task"]
 
+    @property
+    def max_megapixels(self):
+        """Most pixels (millions) the model takes per call; None for exports that predate the limit."""
+        return self.info.get("max_megapixels")
+
     @classmethod
     def from_saved_model(cls, saved_model_dir):
         """A predictor of an export written by `tools/export.py`.
 
         Args:
-            saved_model_dir: The SavedModel directory.
+            saved_model_dir: The SavedModel directory, or a serving base
+                folder (its highest version is used, as TF Serving does).
 
         Returns:
             A `Predictor`.
         """
+        saved_model_dir = resolve_saved_model(saved_model_dir)
         info = read_export_info(saved_model_dir)
-        loaded = tf.saved_model.load(os.fspath(saved_model_dir))
+        loaded = tf.saved_model.load(saved_model_dir)
         return cls(loaded.signatures[SERVING_DEFAULT], info, owner=loaded)
 
     @classmethod
-    def from_experiment(cls, config=None, model_dir=None, checkpoint=None, keras_model=None, top_k=5, image_size=None):
+    def from_experiment(
+        cls, config=None, model_dir=None, checkpoint=None, keras_model=None, top_k=5, image_size=None,
+        max_megapixels=DEFAULT_MAX_MEGAPIXELS,
+    ):
         """A predictor of a checkpoint or `.keras` model (arguments as `build_serving_module`).
 
         Returns:
@@ -127,7 +263,7 @@ class Predictor:
         """
         module, dataset_info = build_serving_module(
             config, model_dir=model_dir, checkpoint=checkpoint, keras_model=keras_model, top_k=top_k,
-            image_size=image_size,
+            image_size=image_size, max_megapixels=max_megapixels,
         )
         return cls(module.signature_function(SERVING_DEFAULT), label_space_info(module, dataset_info))
 

@@ -154,9 +154,12 @@ class AxialAttention(keras.layers.Layer):
     length on every call.
 
     Args:
-        total_key_depth: channels of queries and keys over all heads.
-        total_value_depth: channels of values (and of the output) over all heads.
-        num_heads: number of attention heads; must divide both depths.
+        total_key_depth: channels of queries and keys over all heads (default
+            512, as DeepLab2).
+        total_value_depth: channels of values (and of the output) over all heads
+            (default 1024, as DeepLab2).
+        num_heads: number of attention heads; must divide both depths (default 8,
+            as DeepLab2).
         span: `None` for global attention, or an odd local window length.
         query_block_size: queries per block in local attention (default `span`).
             It changes speed and memory, never the result.
@@ -184,8 +187,8 @@ class AxialAttention(keras.layers.Layer):
 
     def __init__(
         self,
-        total_key_depth,
-        total_value_depth,
+        total_key_depth=512,
+        total_value_depth=1024,
         num_heads=8,
         span=None,
         query_block_size=None,

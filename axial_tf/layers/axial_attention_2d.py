@@ -31,14 +31,22 @@ class AxialAttention2D(keras.layers.Layer):
     `stride_mode="average_pool"` the passes run unstrided and an `s x s` average
     pool follows (the PyTorch reference), giving `floor(H/s) x floor(W/s)`.
 
+    The defaults are DeepLab2's (`filters=512`, 8 heads, `key_expansion=1`,
+    `value_expansion=2`, stride 1: a 1024-channel output), so code written
+    against DeepLab2's keyword arguments runs unchanged. DeepLab2's
+    `query_shape` / `memory_flange` are not taken: DeepLab2 only attends
+    globally (an axis longer than `query_shape` is an error there), and here
+    `span` and `query_block_size` choose global or local attention.
+
     Args:
-        filters: base width; keys get `round(filters * key_expansion)` channels and
-            values (and the output) `round(filters * value_expansion)`.
-        num_heads: attention heads of each pass.
-        key_expansion: key width relative to `filters`.
-        value_expansion: value width relative to `filters`.
-        span: `None` (global) or an odd local window, or a (height, width) pair.
-        strides: output stride (subsampling after each pass).
+        filters: base width (default 512); keys get `round(filters * key_expansion)`
+            channels and values (and the output) `round(filters * value_expansion)`.
+        num_heads: attention heads of each pass (default 8).
+        key_expansion: key width relative to `filters` (default 1).
+        value_expansion: value width relative to `filters` (default 2).
+        span: `None` (global, the default) or an odd local window, or a (height,
+            width) pair.
+        strides: output stride (subsampling after each pass; default 1).
         stride_mode: "subsample" (DeepLab2) or "average_pool" (PyTorch reference).
         **kwargs: further `AxialAttention` arguments (e.g. `max_span`,
             `sync_batch_norm`, `query_block_size`) shared by both passes, and
@@ -51,7 +59,7 @@ class AxialAttention2D(keras.layers.Layer):
 
     def __init__(
         self,
-        filters,
+        filters=512,
         num_heads=8,
         key_expansion=1,
         value_expansion=2,

@@ -21,6 +21,7 @@ Example:
 
 import copy
 import dataclasses
+import datetime
 import os
 from typing import Any, Literal, Optional
 
@@ -34,8 +35,10 @@ from axial_tf.training.config_validation import (  # noqa: F401  (ConfigError is
     build_dataclass,
     schema_key_paths,
 )
+from axial_tf.training.model_dir import write_text_atomically, writing
 
 CONFIG_FILENAME = "config.yaml"
+CONFIG_HISTORY_FILENAME = "config_history.yaml"  # earlier config.yaml contents, oldest first
 TASK_METRICS = {
     "panoptic": ("pq", "miou", "ap"),
     "classification": ("top1", "top5"),
@@ -227,8 +230,10 @@ class OptimizerConfig:
     Attributes:
         name: "adam", "sgd" (with momentum) or "adamw".
         learning_rate: Peak (base) learning rate.
-        schedule: "poly", "cosine", "step" or "constant" (after warm-up).
-        warmup_steps: Linear warm-up from 0 to `learning_rate` over these steps.
+        schedule: "poly", "cosine", "step" or "constant", over all `training.steps`.
+        warmup_steps: Linear warm-up from 0 to `learning_rate` over these steps;
+            afterwards the schedule is read at the raw step, as in DeepLab2 (it
+            does not restart when the warm-up ends).
         poly_power: Exponent of the poly schedule.
         end_learning_rate: Final learning rate of the poly and cosine schedules.
         step_boundaries: Steps at which the step schedule multiplies the rate
@@ -403,6 +408,23 @@ def load_config(path, overrides=()):
     return _build(raw)
 
 
+def shipped_config(relative_path):
+    """Path of an experiment config that ships with axial_tf, e.g. "demo/panoptic_shapes.yaml".
+
+    A checkout reads the repository's configs/ folder; a wheel installs the same files as
+    axial_tf/configs/ (see setup.py).
+
+    Raises:
+        ConfigError: No shipped config has that name.
+    """
+    package = os.path.dirname(os.path.abspath(__file__ + "/.."))
+    folders = (os.path.join(package, "configs"), os.path.join(os.path.dirname(package), "configs"))
+    for folder in folders:
+        if os.path.isfile(os.path.join(folder, relative_path)):
+            return os.path.join(folder, relative_path)
+    raise ConfigError(f"No shipped config {relative_path!r} in {' or '.join(folders)}.")
+
+
 def config_from_dict(values, source="<dict>", overrides=()):
     """Builds and validates an ExperimentConfig from a plain nested mapping.
 
@@ -468,7 +490,12 @@ def validate_config(config):
 
 
 def save_config(config, model_dir):
-    """Validates `config` and writes it as `config.yaml` in `model_dir`.
+    """Validates `config` and writes it as `config.yaml` in `model_dir`, keeping any older one.
+
+    `config.yaml` is never silently replaced: when it exists with other content, that content is
+    first appended to `config_history.yaml` (one YAML document per replaced config, headed by the
+    time it was replaced). Each file is written through a temporary file and a rename, so a failed
+    write (full disk) leaves the previous file whole.
 
     Args:
         config: ExperimentConfig.
@@ -476,14 +503,41 @@ def save_config(config, model_dir):
 
     Returns:
         Path of the written file; `load_config` of it gives an equal config.
+
+    Raises:
+        ConfigError: The config is invalid.
+        ModelDirError: A file cannot be written (read-only directory, full disk).
     """
     config = validate_config(config)
-    tf.io.gfile.makedirs(model_dir)
     path = os.path.join(model_dir, CONFIG_FILENAME)
     header = "# Resolved experiment config written by axial_tf; load with load_config().\n"
-    with tf.io.gfile.GFile(path, "w") as stream:
-        stream.write(header + config_sources.dump_yaml(config_to_dict(config)))
+    text = header + config_sources.dump_yaml(config_to_dict(config))
+    with writing(path, "the config"):
+        tf.io.gfile.makedirs(model_dir)
+        previous = _read_if_exists(path)
+    if previous == text:
+        return path
+    if previous is not None:
+        _append_to_history(model_dir, previous)
+    with writing(path, "the config"):
+        write_text_atomically(path, text)
     return path
+
+
+def _read_if_exists(path):
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path, "r") as stream:
+        return stream.read()
+
+
+def _append_to_history(model_dir, replaced_text):
+    """Adds a replaced `config.yaml` to `config_history.yaml` as one more YAML document."""
+    history_path = os.path.join(model_dir, CONFIG_HISTORY_FILENAME)
+    replaced_at = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    entry = f"--- # {CONFIG_FILENAME} until {replaced_at}\n{replaced_text}"
+    with writing(history_path, "the config history"):
+        write_text_atomically(history_path, (_read_if_exists(history_path) or "") + entry)
 
 
 def _build(raw):

@@ -121,13 +121,15 @@ def read_config_file(path, _including=()):
         RawConfig of the file merged over its bases.
 
     Raises:
-        ConfigError: Missing file, unsupported suffix, syntax error, include cycle.
+        ConfigError: Missing file, a directory, unsupported suffix, syntax error, include cycle.
     """
     path = os.fspath(path)
     chain = _including + (os.path.abspath(path),)
     if os.path.abspath(path) in _including:
         cycle = " -> ".join(chain)
         raise ConfigError(f"{path}: include cycle: {cycle}")
+    if tf.io.gfile.isdir(path):
+        raise ConfigError(f"{path}: is a directory, not a config file; {_config_files_hint(path)}")
     lowered = path.lower()
     if lowered.endswith(YAML_SUFFIXES):
         reader = _read_yaml
@@ -142,14 +144,28 @@ def read_config_file(path, _including=()):
         return reader(path, stream.read(), chain)
 
 
+def _config_files_hint(directory, shown=3):
+    """Names a few experiment files of `directory` for the error about passing the directory itself."""
+    suffixes = YAML_SUFFIXES + GIN_SUFFIXES
+    names = sorted(name for name in tf.io.gfile.listdir(directory) if name.lower().endswith(suffixes))
+    if not names:
+        return f"give a {', '.join(suffixes)} file (there is none in it)"
+    more = ", ..." if len(names) > shown else ""
+    return f"give one of the files in it, e.g. {', '.join(names[:shown])}{more}"
+
+
 def _read_yaml(path, text, chain):
     """Parses a YAML experiment file, resolving its `base`/`include` files."""
     loader = _YamlLoader(text)
     try:
         node = loader.get_single_node()
+        if node is not None:
+            _check_yaml_document(path, node)
         values = loader.construct_document(node) if node is not None else {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: invalid YAML: {_yaml_error_text(error)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply for an experiment file") from None
     finally:
         loader.dispose()
     if values is None:
@@ -178,6 +194,56 @@ def _read_yaml(path, text, chain):
     own.sources = {key_path: f"{path}:{line}" for key_path, line in key_lines.items()}
     raw.merge(own)
     return raw
+
+
+# An experiment file has a few hundred nodes. Aliases share one node, but everything that walks
+# the values (key lines, merging, saving) sees each use, so nested aliases grow exponentially:
+# 2 KB of them expand to billions of nodes ("billion laughs").
+MAX_EXPANDED_YAML_NODES = 100_000
+
+
+def _check_yaml_document(path, root):
+    """Rejects duplicate mapping keys and documents whose aliases expand past MAX_EXPANDED_YAML_NODES.
+
+    Walks each distinct composed node once; the expanded size of a node is computed from its
+    children's, so the check costs what the text does, not what the aliases would expand to.
+
+    Raises:
+        ConfigError: A repeated key (naming both lines) or an alias bomb.
+    """
+    expanded_sizes = {}
+
+    def expanded_size(node):
+        if id(node) in expanded_sizes:
+            return expanded_sizes[id(node)]
+        expanded_sizes[id(node)] = 1  # a node reached again through itself (a recursive alias)
+        if isinstance(node, yaml.MappingNode):
+            _check_unique_keys(path, node)
+            children = [child for pair in node.value for child in pair]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+        size = 1 + sum(expanded_size(child) for child in children)
+        if size > MAX_EXPANDED_YAML_NODES:
+            raise ConfigError(
+                f"{path}:{node.start_mark.line + 1}: YAML aliases expand this document past "
+                f"{MAX_EXPANDED_YAML_NODES:,} values; an experiment file needs far fewer")
+        expanded_sizes[id(node)] = size
+        return size
+
+    expanded_size(root)
+
+
+def _check_unique_keys(path, mapping):
+    """Raises ConfigError naming both lines when a mapping repeats a key (YAML forbids it)."""
+    first_lines = {}
+    for key_node, _ in mapping.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        line = key_node.start_mark.line + 1
+        if key_node.value in first_lines:
+            raise ConfigError(f"{path}:{line}: duplicate key {key_node.value!r} (first given at line "
+                              f"{first_lines[key_node.value]}); a repeated key would silently win")
+        first_lines[key_node.value] = line
 
 
 def _collect_key_lines(node, prefix, key_lines):

@@ -8,10 +8,15 @@ import tensorflow as tf
 
 @keras.saving.register_keras_serializable(package="axial_tf")
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from 0, then a poly, cosine, step or constant decay.
+    """A poly, cosine, step or constant decay over all steps, with an optional linear warm-up.
+
+    As in DeepLab2's trainer: before `warmup_steps` the rate is
+    `base_learning_rate * step / warmup_steps`; from then on it is the decay
+    over `total_steps` read at the raw step (the decay does not restart after
+    the warm-up), e.g. poly: `(base - end) * (1 - step / total_steps)**power + end`.
 
     Args:
-        base_learning_rate: rate reached at the end of warm-up.
+        base_learning_rate: rate of the decay at step 0, and the warm-up's target.
         total_steps: training steps (decay ends there).
         schedule: "poly", "cosine", "step" or "constant".
         warmup_steps: warm-up length.
@@ -34,22 +39,24 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
-        base, end = self.base_learning_rate, self.end_learning_rate
-        decay_steps = max(self.total_steps - self.warmup_steps, 1)
-        progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
-        if self.schedule == "poly":
-            rate = (base - end) * (1.0 - progress) ** self.poly_power + end
-        elif self.schedule == "cosine":
-            rate = end + 0.5 * (base - end) * (1.0 + tf.cos(math.pi * progress))
-        elif self.schedule == "step":
-            passed = tf.reduce_sum(tf.cast(step >= tf.constant(self.step_boundaries or [0], tf.float32), tf.float32))
-            passed = passed if self.step_boundaries else 0.0
-            rate = base * self.step_decay_factor**passed
-        else:
-            rate = tf.constant(base)
+        rate = self._decayed(step)
         if self.warmup_steps:
-            rate = tf.where(step < self.warmup_steps, base * step / self.warmup_steps, rate)
+            rate = tf.where(step < self.warmup_steps, self.base_learning_rate * step / self.warmup_steps, rate)
         return rate
+
+    def _decayed(self, step):
+        """The decay at `step`, ignoring the warm-up."""
+        base, end = self.base_learning_rate, self.end_learning_rate
+        progress = tf.clip_by_value(step / max(self.total_steps, 1), 0.0, 1.0)
+        if self.schedule == "poly":
+            return (base - end) * (1.0 - progress) ** self.poly_power + end
+        if self.schedule == "cosine":
+            return end + 0.5 * (base - end) * (1.0 + tf.cos(math.pi * progress))
+        if self.schedule == "step":
+            boundaries = tf.constant(self.step_boundaries, tf.float32, shape=[len(self.step_boundaries)])
+            passed = tf.reduce_sum(tf.cast(step >= boundaries, tf.float32))
+            return base * self.step_decay_factor**passed
+        return tf.constant(base)
 
     def get_config(self):
         return dict(

@@ -3,13 +3,19 @@
 Keras 3's `model.fit` breaks under MultiWorkerMirroredStrategy
 (keras-team/keras#20585), so training is our own loop: one `tf.function` step
 that runs the task's loss on every replica, sums gradients across replicas and
-applies them. Checkpoints hold the model, the optimizer(s) and the input
-iterator, so a resumed run continues the same example stream and reaches the
-same weights as an uninterrupted one.
+applies them. Checkpoints hold the model and the optimizer(s); a resumed run
+skips the examples already consumed, so it continues the same example stream and
+reaches the same weights as an uninterrupted one.
+
+A training run owns its model directory while it writes there (`ModelDirLock`),
+resumes only with a config that keeps the run what it was (`config_changes`),
+and reports damaged checkpoints and failed writes with one line naming them
+(`checkpoints`, `model_dir`).
 """
 
 import json
 import os
+import pathlib
 import time
 
 import keras
@@ -19,7 +25,18 @@ from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
 from tensorflow.python.eager import context
 
 from axial_tf.losses import check_finite
-from axial_tf.training.config import save_config
+from axial_tf.training.checkpoints import (
+    UNREADABLE_SUBDIR,
+    UnreadableCheckpointError,
+    checkpoint_damage,
+    restore_checkpoint,
+    save_checkpoint,
+    set_aside_newer_than,
+    try_restore,
+)
+from axial_tf.training.config import CONFIG_FILENAME, CONFIG_HISTORY_FILENAME, save_config
+from axial_tf.training.config_changes import check_resume_config
+from axial_tf.training.model_dir import ModelDirLock, write_text_atomically, writing
 from axial_tf.training.optimization import OptimizerGroup
 from axial_tf.training.progress import ProgressBar
 from axial_tf.training.tasks import make_task
@@ -62,6 +79,11 @@ class Trainer:
         model_dir: where checkpoints, summaries, `config.yaml` and metrics go.
         strategy: a `tf.distribute.Strategy` (see `strategies.get_strategy`).
         log: print function for progress lines (None = silent).
+        allow_config_change: resume even when the config changes the model, the data order,
+            the losses or the optimizer (see `config_changes`); otherwise that is refused.
+        resume_from_intact: when the latest checkpoint is unreadable, resume from the newest
+            intact one (the newer ones are moved to `checkpoints/unreadable/`); otherwise
+            training stops and names both.
 
     Example:
         >>> trainer = Trainer(load_config("configs/demo/panoptic_shapes.yaml"), "runs/demo",
@@ -70,11 +92,13 @@ class Trainer:
         >>> trainer.evaluate()  # {"pq": ..., "miou": ...}
     """
 
-    def __init__(self, config, model_dir, strategy, log=print):
+    def __init__(self, config, model_dir, strategy, log=print, allow_config_change=False, resume_from_intact=False):
         self.config = config
         self.model_dir = model_dir
         self.strategy = strategy
         self.log = log or (lambda *args, **kwargs: None)
+        self.allow_config_change = allow_config_change
+        self.resume_from_intact = resume_from_intact
         self.task = make_task(config)
         # Seeded after the task: preparing a dataset for the first time may draw random
         # numbers, and the initial weights must not depend on whether it was prepared.
@@ -117,8 +141,15 @@ class Trainer:
         """Creates the checkpoint of model and optimizer state (once)."""
         if self._checkpoint is not None:
             return
-        self._checkpoint = tf.train.Checkpoint(**model_checkpoint_items(self.model), **self.optimizer.checkpoint_items())
-        self._manager = tf.train.CheckpointManager(
+        self._checkpoint = self._new_checkpoint()
+        self._manager = self._new_manager()
+
+    def _new_checkpoint(self):
+        return tf.train.Checkpoint(**model_checkpoint_items(self.model), **self.optimizer.checkpoint_items())
+
+    def _new_manager(self):
+        """A manager of `self._checkpoint` that reads the checkpoint directory's current state."""
+        return tf.train.CheckpointManager(
             self._checkpoint, self.checkpoint_dir,
             max_to_keep=self.config.training.keep_checkpoints, step_counter=self.optimizer.iterations,
         )
@@ -140,12 +171,21 @@ class Trainer:
         self._train_iterator = iter(self.strategy.distribute_datasets_from_function(skipping_fn))
 
     def restore_or_initialize(self):
-        """Resumes from the latest checkpoint, else applies `training.init_checkpoint`."""
+        """Resumes from the latest checkpoint, else applies `training.init_checkpoint`.
+
+        Returns:
+            "resumed", "initialized" or "fresh".
+
+        Raises:
+            UnreadableCheckpointError: The latest checkpoint is truncated or corrupt (and
+                `resume_from_intact` is off, or no earlier checkpoint is intact); the message
+                names it and the newest intact earlier one.
+            ValueError: The checkpoint does not hold the variables of this model.
+        """
         self._ensure_train_state()
-        latest = self._manager.latest_checkpoint
-        if latest:
-            self._checkpoint.restore(latest).assert_existing_objects_matched()
-            self.log(f"Resumed from {latest} (step {self.step}).")
+        if self._manager.latest_checkpoint:
+            restored = self._resume()
+            self.log(f"Resumed from {restored} (step {self.step}).")
             return "resumed"
         if self.config.training.init_checkpoint:
             report = initialize_from(self.model, self.config.training.init_checkpoint)
@@ -157,6 +197,62 @@ class Trainer:
             )
             return "initialized"
         return "fresh"
+
+    def _resume(self):
+        """Restores the latest checkpoint, or the newest intact one (see `resume_from_intact`); returns its prefix."""
+        latest = self._manager.latest_checkpoint
+        error = try_restore(self._checkpoint, latest)
+        if error is None:
+            return latest
+        if not isinstance(error, UnreadableCheckpointError):
+            raise error
+        intact = self._restore_newest_intact_before(latest)
+        if intact is None:
+            raise UnreadableCheckpointError(latest, error.reason, f"no earlier checkpoint in {self.checkpoint_dir} "
+                                            "is intact; move the checkpoints folder aside to start over")
+        unreadable_dir = os.path.join(self.checkpoint_dir, UNREADABLE_SUBDIR)
+        if not self.resume_from_intact:
+            raise UnreadableCheckpointError(
+                latest, error.reason, f"the newest intact checkpoint is {os.path.basename(intact)}: pass "
+                f"--resume_from_intact to resume from it (the newer ones are then moved to {unreadable_dir})")
+        moved = set_aside_newer_than(self.checkpoint_dir, intact)
+        self._manager = self._new_manager()
+        self.log(f"{latest} is unreadable ({error.reason}); resuming from {os.path.basename(intact)}, the newest "
+                 f"intact checkpoint. Moved to {unreadable_dir}: {', '.join(moved)}.")
+        return intact
+
+    def _restore_newest_intact_before(self, latest):
+        """Restores the newest checkpoint before `latest` that reads completely; returns its prefix (or None)."""
+        earlier = [path for path in tf.train.get_checkpoint_state(self.checkpoint_dir).all_model_checkpoint_paths
+                   if path != latest]
+        for prefix in reversed(earlier):
+            checkpoint = self._new_checkpoint()  # the failed restore may have left state in the old one
+            if try_restore(checkpoint, prefix) is None:
+                self._checkpoint = checkpoint
+                return prefix
+        return None
+
+    def _prepare_run(self):
+        """Checks the config against the saved one, restores or initialises, then saves the config.
+
+        The check comes first, so a refused config leaves the model directory untouched.
+        """
+        self._ensure_train_state()
+        changes = []
+        if self.is_chief and self._manager.latest_checkpoint:
+            saved = os.path.join(self.model_dir, CONFIG_FILENAME)
+            changes = check_resume_config(self.config, saved, self.allow_config_change)
+        self.restore_or_initialize()
+        if self._train_iterator is None:
+            self._make_train_iterator()
+        if self.is_chief:
+            save_config(self.config, self.model_dir)
+        for change in changes:
+            kind = ("accepted: allow_config_change" if change.changes_the_run
+                    else "accepted: it keeps the model and the data order")
+            self.log(f"Config change on resume: {change} ({kind}).")
+        if changes:
+            self.log(f"The previous {CONFIG_FILENAME} is kept in {CONFIG_HISTORY_FILENAME}.")
 
     # --------------------------------------------------------------- training
 
@@ -188,7 +284,7 @@ class Trainer:
         return train_step
 
     def train(self, steps=None, eval_interval=None):
-        """Trains up to `steps` (default `training.steps`) total steps.
+        """Trains up to `steps` (default `training.steps`) total steps, holding the model directory's lock.
 
         Args:
             steps: global step to stop at.
@@ -200,14 +296,21 @@ class Trainer:
         Raises:
             TrainingDivergedError: on a NaN/Inf loss; checkpoints written before
                 it are kept and the diverged step is never saved.
+            ModelDirError: another run writes to the model directory (named with its
+                pid, host and command), or a write failed (e.g. a full disk); the
+                directory keeps its last complete checkpoint.
+            ConfigChangeError: resuming with a config that changes the run (see
+                `config_changes`) without `allow_config_change`.
+            UnreadableCheckpointError, ValueError: see `restore_or_initialize`.
         """
+        # Workers other than the chief write to their own folder (see __init__) and lock that.
+        with ModelDirLock(os.path.dirname(self.checkpoint_dir), log=self.log):
+            return self._train(steps or self.config.training.steps, eval_interval)
+
+    def _train(self, total_steps, eval_interval):
+        """The training loop of `train`, run while the lock is held."""
         t = self.config.training
-        total_steps = steps or t.steps
-        self.restore_or_initialize()
-        if self._train_iterator is None:
-            self._make_train_iterator()
-        if self.is_chief:
-            save_config(self.config, self.model_dir)
+        self._prepare_run()
         if self._train_step is None:
             self._train_step = self._build_train_step()
         if t.deterministic:
@@ -240,7 +343,7 @@ class Trainer:
                     tf.summary.scalar("throughput/images_per_second", window_examples / elapsed)
                 window_start, window_examples = time.time(), 0
             if step % t.checkpoint_interval == 0 or step == total_steps:
-                self._manager.save(checkpoint_number=step)
+                save_checkpoint(self._manager, step)
             if eval_interval and (step % eval_interval == 0 or step == total_steps):
                 self.evaluate()
         progress.close()
@@ -267,13 +370,18 @@ class Trainer:
         Args:
             split: dataset split (default `data.eval_split`).
             steps: evaluation batches (default `evaluation.steps`, None = all).
-            output_dir: where `metrics.json` goes (default `model_dir/eval`).
+            output_dir: where `metrics.json` and the evaluation summaries go (default
+                `model_dir/eval`); evaluation writes nothing else, so a read-only model
+                directory can be evaluated into another folder.
             image_summaries: predictions written as TensorBoard images.
             save_predictions: also write every panoptic prediction as a PNG under
                 `output_dir/predictions` (default `evaluation.save_predictions`).
 
         Returns:
             The headline metrics (dict of floats, fractions).
+
+        Raises:
+            ModelDirError: `output_dir` cannot be written.
         """
         e = self.config.evaluation
         steps = steps or e.steps
@@ -292,7 +400,8 @@ class Trainer:
                 break
             done += 1
             if save_predictions and "panoptic_pred" in predictions:
-                write_panoptic_pngs(batch, predictions, prediction_dir)
+                with writing(prediction_dir, "predictions to"):
+                    write_panoptic_pngs(batch, predictions, prediction_dir)
             if len(examples) < image_summaries:
                 examples.append(_first_local(batch, predictions))
         headline, full = self.task.report(self.metrics)
@@ -302,13 +411,14 @@ class Trainer:
         if not self.is_chief:
             self.last_metrics = headline
             return headline
-        writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "eval"))
-        with writer.as_default(step=self.step):
-            for name, value in headline.items():
-                tf.summary.scalar(f"metrics/{name}", value)
-            for index, (batch, predictions) in enumerate(examples):
-                if "panoptic_pred" in predictions:
-                    tf.summary.image(f"predictions/{index}", _prediction_image(batch, predictions), max_outputs=1)
+        with writing(output_dir, "evaluation summaries to"):
+            writer = tf.summary.create_file_writer(output_dir)
+            with writer.as_default(step=self.step):
+                for name, value in headline.items():
+                    tf.summary.scalar(f"metrics/{name}", value)
+                for index, (batch, predictions) in enumerate(examples):
+                    if "panoptic_pred" in predictions:
+                        tf.summary.image(f"predictions/{index}", _prediction_image(batch, predictions), max_outputs=1)
         self.log("Evaluation at step {}: {}".format(self.step, ", ".join(f"{k}={v:.4f}" for k, v in headline.items())))
         self.last_metrics = headline
         return headline
@@ -345,20 +455,33 @@ def _summary_writer(directory, enabled):
 
 
 def _write_metrics(output_dir, values):
-    tf.io.gfile.makedirs(output_dir)
-    with tf.io.gfile.GFile(os.path.join(output_dir, "metrics.json"), "w") as stream:
-        json.dump(values, stream, indent=2, default=_json_default)
+    path = os.path.join(output_dir, "metrics.json")
+    with writing(path, "metrics"):
+        tf.io.gfile.makedirs(output_dir)
+        write_text_atomically(path, json.dumps(values, indent=2, default=_json_default))
+
+
+def prediction_png_path(directory, file_name):
+    """`directory/<file name without suffix>.png`, keeping the record's sub-folders.
+
+    Records of one split may share a base name in different sub-folders (`day/frame.png`,
+    `night/frame.png`), so the relative path is kept; parts that would leave `directory`
+    (absolute paths, `..`) are dropped.
+    """
+    parts = [part for part in pathlib.PurePosixPath(file_name.replace("\\", "/")).parts
+             if part not in ("/", ".", "..")]
+    return os.path.join(directory, *parts[:-1], os.path.splitext(parts[-1])[0] + ".png")
 
 
 def write_panoptic_pngs(batch, predictions, directory):
-    """Writes each example's `panoptic_pred` as `directory/<file name>.png` (all replicas)."""
-    tf.io.gfile.makedirs(directory)
+    """Writes each example's `panoptic_pred` as `prediction_png_path(directory, file name)` (all replicas)."""
     names = getattr(batch["file_name"], "values", (batch["file_name"],))
     maps = getattr(predictions["panoptic_pred"], "values", (predictions["panoptic_pred"],))
     for replica_names, replica_maps in zip(names, maps):
         for name, panoptic in zip(replica_names.numpy(), replica_maps):
-            stem = os.path.splitext(os.path.basename(name.decode()))[0]
-            tf.io.write_file(os.path.join(directory, stem + ".png"), tf.io.encode_png(encode_panoptic_rgb(panoptic)))
+            path = prediction_png_path(directory, name.decode())
+            tf.io.gfile.makedirs(os.path.dirname(path))
+            tf.io.write_file(path, tf.io.encode_png(encode_panoptic_rgb(panoptic)))
 
 
 def _first_local(batch, predictions):
@@ -394,9 +517,16 @@ def initialize_from(model, path):
 
     Returns:
         dict with `restored` (count) and `missing` (names of model variables not restored).
+
+    Raises:
+        FileNotFoundError: No checkpoint at `path`.
+        UnreadableCheckpointError: The checkpoint is truncated or corrupt.
+        ValueError: The `.keras` file cannot be loaded safely.
     """
     if str(path).endswith(".keras"):
-        source = keras.models.load_model(path)
+        from axial_tf.export.loading import load_keras_model  # safe_mode, one-line errors
+
+        source = load_keras_model(path)
         values = {v.path: v for v in source.weights}
         restored, missing = 0, []
         for variable in model.weights:
@@ -411,22 +541,29 @@ def initialize_from(model, path):
         if os.path.isdir(path) else path
     if prefix is None:
         raise FileNotFoundError(f"No checkpoint found at {path}.")
-    keys = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
-    if any(key.startswith("encoder/_") for key in keys):
+    shapes = _checkpoint_shapes(prefix)
+    if any(key.startswith("encoder/_") for key in shapes):
         from axial_tf.checkpoints.deeplab2_converter import load_deeplab2_checkpoint
 
         report = load_deeplab2_checkpoint(model, prefix, strict=False)
         return {"restored": report["restored"], "missing": report["missing"]}
-    saved = {key.split("/.ATTRIBUTES")[0] for key in keys if key.startswith("model_variables/")}
+    saved = {key.split("/.ATTRIBUTES")[0] for key in shapes if key.startswith("model_variables/")}
     targets = model_checkpoint_items(model)["model_variables"]
-    shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
     present = {}
     for path, variable in targets.items():
         key = "model_variables/" + _escape(path)
         if key in saved and tuple(shapes[key + "/.ATTRIBUTES/VARIABLE_VALUE"]) == tuple(variable.shape):
             present[path] = variable
-    tf.train.Checkpoint(model_variables=present).restore(prefix).expect_partial()
+    restore_checkpoint(tf.train.Checkpoint(model_variables=present), prefix, partial=True)
     return {"restored": len(present), "missing": sorted(set(targets) - set(present))}
+
+
+def _checkpoint_shapes(prefix):
+    """`{key: shape}` of a checkpoint; raises UnreadableCheckpointError if its files are damaged."""
+    damage = checkpoint_damage(prefix)
+    if damage is not None:
+        raise UnreadableCheckpointError(prefix, damage)
+    return tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
 
 
 def _escape(name):

@@ -1,0 +1,141 @@
+"""Exports a trained model as a SavedModel for TF Serving (and, for classifiers, TFLite).
+
+    axial-tf-export --config FILE.yaml --model_dir DIR --output exports/demo
+    axial-tf-export --config FILE.yaml --checkpoint DIR/checkpoints/ckpt-3000 --output exports/demo/3
+    axial-tf-export --keras_model model.keras [--config FILE.yaml] --output exports/demo
+
+With --model_dir the config defaults to MODEL_DIR/config.yaml (saved by training).
+A panoptic model always needs its config (thing classes, label divisor, input
+size and post-processing come from it); a classification `.keras` model can be
+exported without one (--image_size, class ids as names).
+
+--output is a TF Serving base folder (exports/demo: the export becomes its next
+version, exports/demo/<highest + 1>, 1 for a new folder) or a version folder
+named by a number (exports/demo/3), or an earlier export. The SavedModel is
+written next to it and renamed into place, so TF Serving never sees half an
+export and a failed export leaves the previous one as it was. --overwrite
+replaces an earlier export only: never a training model_dir, checkpoints, a
+folder of versions or files an export does not write.
+
+The SavedModel has two signatures:
+  serving_default   images       uint8  [B, H, W, 3]  (same-sized batch)
+  serving_encoded   image_bytes  string [B]           (JPEG/PNG/GIF/BMP/WebP, any sizes)
+Both refuse, with InvalidArgument naming the input, a request of another shape,
+an empty batch, and one holding more than --max_megapixels (default 16; B x
+largest height x largest width, checked from the image headers before decoding).
+Panoptic outputs: panoptic_pred, semantic_pred, instance_pred (int32 [B, H, W]),
+semantic_probs (float32 [B, H, W, C]), center_heatmap (float32 [B, H, W]),
+offset_map (float32 [B, H, W, 2]) at the input resolution; serving_encoded adds
+image_size (int32 [B, 2]). Classification outputs: classes, probabilities,
+class_names ([B, k]) and logits. The label space and baked-in settings are in
+the version's assets.extra/axial_tf_export.json.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+from axial_tf.tools import run_absl_tool
+
+flags.DEFINE_string("config", None, "Experiment config (.yaml or .gin); default MODEL_DIR/config.yaml.")
+flags.DEFINE_string("model_dir", None, "Training directory; its latest checkpoint is exported.")
+flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (or directory of checkpoints) to export.")
+flags.DEFINE_string("keras_model", None, "A .keras model file to export.")
+flags.DEFINE_string(
+    "output", None, "TF Serving base folder (a new version is added) or SavedModel version folder to write."
+)
+flags.DEFINE_multi_string("override", [], "key.sub=value config overrides (e.g. data.crop_size=[1025,2049]).")
+flags.DEFINE_integer("top_k", 5, "Classes returned per image by a classification export.")
+flags.DEFINE_integer("image_size", None, "Classifier input side when exporting a .keras classifier without config.")
+flags.DEFINE_string("tflite", None, "Also write the classifier as a TFLite model to this file.")
+flags.DEFINE_bool("overwrite", False, "Replace an earlier export at --output (only a SavedModel is replaced).")
+flags.DEFINE_float(
+    "max_megapixels", None, "Most pixels (millions) one serving request may hold: B x largest height x largest "
+    "width (default 16, DEFAULT_MAX_MEGAPIXELS)."
+)
+FLAGS = flags.FLAGS
+
+
+def _describe(contract):
+    lines = []
+    for signature, spec in contract.items():
+        lines.append(f"  {signature}")
+        for kind in ("inputs", "outputs"):
+            for name, tensor in spec[kind].items():
+                shape = ", ".join("?" if d is None else str(d) for d in tensor["shape"])
+                lines.append(f"    {kind[:-1]:6s} {name:15s} {tensor['dtype']:8s} [{shape}]")
+    return "\n".join(lines)
+
+
+def _write_tflite(module, path):
+    from axial_tf.export import ClassificationServingModule, convert_classifier_to_tflite
+
+    if not isinstance(module, ClassificationServingModule):
+        raise ValueError("--tflite is offered for classification models only.")
+    flatbuffer = convert_classifier_to_tflite(module.model, module.image_size, module.top_k)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb") as stream:
+        stream.write(flatbuffer)
+
+
+def main(argv):
+    del argv
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)
+    sources = [name for name in ("model_dir", "checkpoint", "keras_model") if getattr(FLAGS, name)]
+    if len(sources) != 1:
+        raise app.UsageError("Give exactly one of --model_dir, --checkpoint and --keras_model.")
+    if not FLAGS.output:
+        raise app.UsageError("--output is required.")
+    import tensorflow as tf
+
+    from axial_tf.export import (
+        DEFAULT_MAX_MEGAPIXELS,
+        TFLiteConversionError,
+        check_model_source,
+        error_line,
+        experiment_config_for,
+        export_model,
+        signature_contract,
+    )
+    from axial_tf.training.config import ConfigError
+
+    try:
+        check_model_source(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.keras_model)  # before looking for a config
+        config = experiment_config_for(FLAGS.config, FLAGS.model_dir, FLAGS.override)
+        if FLAGS.tflite and config is not None and config.model.task != "classification":
+            raise ValueError("--tflite is offered for classification models only.")
+        module, saved_model_dir = export_model(
+            FLAGS.output,
+            config=config,
+            model_dir=FLAGS.model_dir,
+            checkpoint=FLAGS.checkpoint,
+            keras_model=FLAGS.keras_model,
+            top_k=FLAGS.top_k,
+            image_size=FLAGS.image_size,
+            overwrite=FLAGS.overwrite,
+            max_megapixels=DEFAULT_MAX_MEGAPIXELS if FLAGS.max_megapixels is None else FLAGS.max_megapixels,
+        )
+        if FLAGS.tflite:
+            _write_tflite(module, FLAGS.tflite)
+    except (ConfigError, ValueError, OSError, TFLiteConversionError) as error:
+        sys.exit(f"error: {error}")
+    except tf.errors.OpError as error:  # e.g. a full disk while saving
+        sys.exit(f"error: {error_line(error)}")
+    print(f"Wrote SavedModel {saved_model_dir} with signatures:\n{_describe(signature_contract(module))}")
+    print(f"Requests hold at most {module.max_megapixels:g} megapixels (B x largest H x largest W; --max_megapixels).")
+    if FLAGS.tflite:
+        print(f"Wrote TFLite model {FLAGS.tflite} (input float32 [1, s, s, 3], already cropped and resized).")
+    print("Inspect: saved_model_cli show --dir " + json.dumps(saved_model_dir) + " --all")
+
+
+def console_main():
+    """The `axial-tf-export` command (absl flags from sys.argv)."""
+    run_absl_tool(__name__, main)
+
+
+if __name__ == "__main__":
+    console_main()

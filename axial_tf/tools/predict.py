@@ -1,0 +1,190 @@
+"""Runs a trained or exported model on image files and writes its predictions.
+
+    axial-tf-predict --saved_model exports/demo/1 --input IMAGE_OR_FOLDER --output DIR [--overlay]
+    axial-tf-predict --config FILE.yaml --model_dir DIR --input photos/ --output preds/ --format npy
+    axial-tf-predict --config FILE.yaml (--checkpoint PREFIX | --keras_model FILE.keras) ...
+
+--saved_model may also name a TF Serving base folder: its highest version is used.
+A folder input means its image files (.jpg .jpeg .png .bmp .gif .webp, not recursive).
+Each image's size is read from its header before it is decoded: one over
+--max_megapixels (default: the limit the SavedModel was exported with, else 16)
+is an error, or with --downscale it is shrunk to the limit, keeping its aspect
+ratio, and predicted at that size (its output maps have that size too; images
+over 8 times the limit are refused even then).
+Per panoptic image it writes (STEM = file name without extension; with the
+extension, dot replaced by "_", when two inputs share a stem):
+  --format png (default): STEM_panoptic.png, the panoptic label
+      (semantic * label_divisor + instance) encoded losslessly as RGB the way
+      COCO panoptic PNGs encode ids: label = R + 256 * G + 256**2 * B
+      (`axial_tf.utils.visualization.decode_panoptic_rgb` reads it back), and
+      STEM_semantic.png, the 8-bit semantic class map (void = ignore label);
+  --format npy: STEM_panoptic.npy and STEM_semantic.npy (int32 [H, W]);
+  --overlay: STEM_overlay.png, the image with a colour per class (shaded per
+      instance, the same colours every run) and instance outlines.
+A classifier writes predictions.json (top-k class ids, names, probabilities).
+Predictions from a SavedModel and from the checkpoint it came from are identical:
+both run the export's serving_default graph code.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+from axial_tf.tools import run_absl_tool
+
+flags.DEFINE_string("config", None, "Experiment config (.yaml or .gin); default MODEL_DIR/config.yaml.")
+flags.DEFINE_string("saved_model", None, "A SavedModel written by tools/export.py.")
+flags.DEFINE_string("model_dir", None, "Training directory; its latest checkpoint is used.")
+flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (or directory of checkpoints).")
+flags.DEFINE_string("keras_model", None, "A .keras model file.")
+flags.DEFINE_string("input", None, "An image file or a folder of images.")
+flags.DEFINE_string("output", None, "Output folder (created).")
+flags.DEFINE_enum("format", "png", ["png", "npy"], "File format of the raw label maps.")
+flags.DEFINE_bool("overlay", False, "Also write colourised overlays with instance outlines.")
+flags.DEFINE_float("alpha", 0.5, "Opacity of the overlay colours.")
+flags.DEFINE_bool("skip_unreadable", False, "Report unreadable images and continue instead of stopping.")
+flags.DEFINE_multi_string("override", [], "key.sub=value config overrides.")
+flags.DEFINE_integer("top_k", 5, "Classes reported per image by a classifier.")
+flags.DEFINE_integer("image_size", None, "Input side of a .keras classifier given without config (default 224).")
+flags.DEFINE_float(
+    "max_megapixels", None, "Largest image (millions of pixels) to predict; default: the SavedModel's limit, else 16."
+)
+flags.DEFINE_bool("downscale", False, "Shrink images over --max_megapixels to fit it instead of refusing them.")
+FLAGS = flags.FLAGS
+
+
+def make_predictor():
+    """The Predictor of the model named on the command line."""
+    from axial_tf.export import DEFAULT_MAX_MEGAPIXELS, Predictor, check_model_source, experiment_config_for
+
+    if FLAGS.saved_model:
+        if FLAGS.config or FLAGS.override:
+            print("note: --config/--override are ignored with --saved_model (its settings are baked in).")
+        return Predictor.from_saved_model(FLAGS.saved_model)
+    check_model_source(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.keras_model)  # before looking for a config
+    config = experiment_config_for(FLAGS.config, FLAGS.model_dir, FLAGS.override)
+    return Predictor.from_experiment(
+        config, model_dir=FLAGS.model_dir, checkpoint=FLAGS.checkpoint, keras_model=FLAGS.keras_model,
+        top_k=FLAGS.top_k, image_size=FLAGS.image_size, max_megapixels=FLAGS.max_megapixels or DEFAULT_MAX_MEGAPIXELS,
+    )
+
+
+def image_limit(predictor):
+    """The --max_megapixels to read images with: at most what the model accepts."""
+    from axial_tf.export import DEFAULT_MAX_MEGAPIXELS
+
+    model_limit = predictor.max_megapixels
+    if FLAGS.max_megapixels is None:
+        return model_limit or DEFAULT_MAX_MEGAPIXELS
+    if model_limit is not None and FLAGS.max_megapixels > model_limit:
+        raise ValueError(
+            f"--max_megapixels {FLAGS.max_megapixels:g} is over the limit of {model_limit:g} megapixels that "
+            f"{FLAGS.saved_model} was exported with; re-export it with --max_megapixels {FLAGS.max_megapixels:g}."
+        )
+    return FLAGS.max_megapixels
+
+
+def prepare_output_folder(path):
+    """Creates the output folder and checks that files can be written there (before loading the model)."""
+    import tensorflow as tf
+
+    from axial_tf.export import error_line
+
+    probe = os.path.join(path, ".axial_tf_write_check")
+    try:
+        tf.io.gfile.makedirs(path)
+        with tf.io.gfile.GFile(probe, "w") as stream:
+            stream.write("")
+        tf.io.gfile.remove(probe)
+    except (OSError, tf.errors.OpError) as error:
+        raise OSError(f"Cannot write to output folder {path}: {error_line(error)}") from None
+
+
+def read_image(path, max_megapixels):
+    """The image of `path`; with --downscale, one over the limit is shrunk to it (and a note printed)."""
+    from axial_tf.export import ImageTooLargeError, read_downscaled_image_file, read_image_file
+
+    try:
+        return read_image_file(path, max_megapixels)
+    except ImageTooLargeError as error:
+        if not FLAGS.downscale:
+            raise
+        image = read_downscaled_image_file(path, max_megapixels)
+        height, width = error.size
+        print(f"note: {path} ({height}x{width}) predicted at {image.shape[0]}x{image.shape[1]} (--downscale).")
+        return image
+
+
+def run(predictor, files, max_megapixels):
+    """Predicts every file; returns (written count, unreadable files with their errors)."""
+    import tensorflow as tf
+
+    from axial_tf.export import classification_record, output_stems, write_panoptic_prediction
+    from axial_tf.training.progress import ProgressBar
+
+    progress = ProgressBar(len(files), batch_size=1)
+    records, failures = [], []
+    for index, (path, stem) in enumerate(zip(files, output_stems(files)), start=1):
+        try:
+            image = read_image(path, max_megapixels)
+        except ValueError as error:
+            if not FLAGS.skip_unreadable:
+                raise
+            failures.append(str(error))
+            continue
+        outputs = predictor(image)
+        if predictor.task == "classification":
+            records.append(classification_record(outputs, path))
+        else:
+            write_panoptic_prediction(
+                outputs, image, os.path.join(FLAGS.output, stem), predictor.info, file_format=FLAGS.format,
+                overlay=FLAGS.overlay, alpha=FLAGS.alpha,
+            )
+        progress.update(index, {})
+    progress.close()
+    if records:
+        with tf.io.gfile.GFile(os.path.join(FLAGS.output, "predictions.json"), "w") as stream:
+            json.dump(records, stream, indent=2)
+    return len(files) - len(failures), failures
+
+
+def main(argv):
+    del argv
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)
+    sources = [name for name in ("saved_model", "model_dir", "checkpoint", "keras_model") if getattr(FLAGS, name)]
+    if len(sources) != 1:
+        raise app.UsageError("Give exactly one of --saved_model, --model_dir, --checkpoint and --keras_model.")
+    if not FLAGS.input or not FLAGS.output:
+        raise app.UsageError("--input and --output are required.")
+    import tensorflow as tf
+
+    from axial_tf.export import error_line, list_images
+    from axial_tf.training.config import ConfigError
+
+    try:
+        files = list_images(FLAGS.input)
+        prepare_output_folder(FLAGS.output)
+        predictor = make_predictor()
+        if FLAGS.overlay and predictor.task == "classification":
+            print("note: --overlay applies to panoptic models only.")
+        written, failures = run(predictor, files, image_limit(predictor))
+    except (ConfigError, ValueError, OSError) as error:
+        sys.exit(f"error: {error}")
+    except tf.errors.OpError as error:  # e.g. a full disk, or a model refusing an input
+        sys.exit(f"error: {error_line(error)}")
+    print(f"Wrote predictions of {written} image(s) to {FLAGS.output}.")
+    if failures:
+        sys.exit("error: unreadable images skipped:\n  " + "\n  ".join(failures))
+
+
+def console_main():
+    """The `axial-tf-predict` command (absl flags from sys.argv)."""
+    run_absl_tool(__name__, main)
+
+
+if __name__ == "__main__":
+    console_main()

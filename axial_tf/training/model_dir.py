@@ -1,0 +1,184 @@
+"""What a training run owns in its model directory: the single-writer lock and safe writes.
+
+Two trainings writing one model directory would resume each other's checkpoints and overwrite
+each other's numbered checkpoints, and both would report success. A run that trains therefore
+holds `ModelDirLock` while it writes there; a second writer is refused with one line naming the
+holder. Evaluation only reads checkpoints and takes no lock.
+
+Writes that fail (a read-only directory, a full disk) raise `ModelDirError` with the path and the
+reason, instead of TensorFlow's or the OS's traceback.
+"""
+
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import re
+import shlex
+import socket
+import sys
+
+import tensorflow as tf
+
+LOCK_FILENAME = ".lock"
+
+
+class ModelDirError(RuntimeError):
+    """A model (or output) directory cannot be written: another run holds it, or a write failed."""
+
+
+def is_local_path(path):
+    """Whether `path` is on a filesystem of this machine (no `scheme://` prefix such as gs://)."""
+    return "://" not in os.fspath(path)
+
+
+def failure_reason(error):
+    """The first line of an OS or TensorFlow error, without TF's op-name decorations.
+
+    Args:
+        error: An `OSError`, a `tf.errors.OpError` or any exception.
+
+    Returns:
+        e.g. "File too large" or "Permission denied".
+    """
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = getattr(error, "message", None) or str(error)
+    text = re.sub(r"\{\{function_node [^}]*\}\}|\[Op:\w+\]", "", text).strip()
+    first_line = text.splitlines()[0].strip() if text else type(error).__name__
+    # TensorFlow's file errors read "PATH; REASON"; the callers name the path themselves.
+    file_error = re.fullmatch(r"\S+; (.+)", first_line)
+    return file_error.group(1) if file_error else first_line
+
+
+@contextlib.contextmanager
+def writing(path, what):
+    """Turns an OS or TensorFlow error of the writes in its block into a one-line `ModelDirError`.
+
+    Args:
+        path: The file or folder being written, named in the error.
+        what: What it is, e.g. "config" or "metrics".
+
+    Raises:
+        ModelDirError: "cannot write {what} {path}: {reason}".
+    """
+    try:
+        yield
+    except (OSError, tf.errors.OpError) as error:
+        raise ModelDirError(f"Cannot write {what} {path}: {failure_reason(error)}.") from None
+
+
+def write_text_atomically(path, text):
+    """Writes `path` through a temporary sibling and a rename, so a failed write leaves the old file.
+
+    Args:
+        path: Destination (any tf.io.gfile path).
+        text: The whole new content.
+    """
+    temporary = path + ".tmp"
+    try:
+        with tf.io.gfile.GFile(temporary, "w") as stream:
+            stream.write(text)
+        tf.io.gfile.rename(temporary, path, overwrite=True)
+    finally:
+        if tf.io.gfile.exists(temporary):
+            tf.io.gfile.remove(temporary)
+
+
+class ModelDirLock:
+    """An exclusive lock on a model directory, held by the one run that writes there.
+
+    The lock is `fcntl.flock` on `model_dir/.lock`: the kernel releases it when the holder's
+    process ends in any way, SIGKILL included, so a killed run never leaves a stale lock. The file
+    records the holder (pid, host, start time, command line) for the refusal message; it stays in
+    place after release (removing it would let two runs lock two different files of one name).
+
+    Non-local filesystems (`gs://` and other `scheme://` paths) have no advisory locks, so no lock
+    is taken there: `acquire` logs that the directory is unprotected and the caller must make sure
+    only one run writes it. A local or NFS path is locked (Linux emulates flock with NFS locks).
+
+    Args:
+        model_dir: The directory to lock (created if missing).
+        log: Print function for the note about unlocked non-local directories.
+
+    Example:
+        >>> with ModelDirLock("runs/demo"):
+        ...     train()  # a second run on runs/demo now fails with ModelDirError
+    """
+
+    def __init__(self, model_dir, log=print):
+        self.model_dir = os.fspath(model_dir)
+        self.path = os.path.join(self.model_dir, LOCK_FILENAME)
+        self.log = log or (lambda *args, **kwargs: None)
+        self._descriptor = None
+
+    def acquire(self):
+        """Takes the lock.
+
+        Raises:
+            ModelDirError: Another process holds it (the message names the holder), or the
+                directory cannot be created or written.
+        """
+        if not is_local_path(self.model_dir):
+            self.log(f"note: {self.model_dir} is not on a local filesystem, which has no locks: "
+                     "make sure no other run writes there.")
+            return
+        descriptor = self._open_lock_file()
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe_holder(os.pread(descriptor, 4096, 0))
+            os.close(descriptor)
+            raise ModelDirError(
+                f"{self.model_dir} is in use by another training run ({holder}); wait for it to end or use "
+                "another model_dir (evaluating it needs no lock)."
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, json.dumps(_holder_record()).encode(), 0)
+        self._descriptor = descriptor
+
+    def release(self):
+        """Clears the holder record and releases the lock (nothing to do if none was taken)."""
+        if self._descriptor is None:
+            return
+        os.ftruncate(self._descriptor, 0)
+        fcntl.flock(self._descriptor, fcntl.LOCK_UN)
+        os.close(self._descriptor)
+        self._descriptor = None
+
+    def _open_lock_file(self):
+        """Opens (creating it if needed) the lock file without truncating another holder's record."""
+        try:
+            os.makedirs(self.model_dir, exist_ok=True)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise ModelDirError(
+                f"Cannot write to model_dir {self.model_dir}: creating {self.path} failed: "
+                f"{failure_reason(error)}."
+            ) from None
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.release()
+
+
+def _holder_record():
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": shlex.join(sys.argv),
+    }
+
+
+def _describe_holder(raw):
+    """One line about the lock holder from its record (which may not be written yet)."""
+    try:
+        record = json.loads(raw.decode())
+        return f"pid {record['pid']} on {record['host']}, started {record['started']}: {record['command']}"
+    except (ValueError, KeyError, TypeError):
+        return "a process that has not recorded itself yet"
