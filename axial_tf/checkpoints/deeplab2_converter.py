@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from axial_tf.checkpoints.deeplab2_names import assign_values, deeplab2_variable_map, name_from_checkpoint_key
 from axial_tf.checkpoints.textproto import read_textproto
+from axial_tf.utils.errors import error_line
 
 MODEL_ITEMS = (
     "encoder",
@@ -52,11 +53,6 @@ def panoptic_variable_map(model):
     return names
 
 
-def _first_line(error):
-    """TensorFlow's messages run over several lines; the first one says what went wrong."""
-    return (getattr(error, "message", None) or str(error)).strip().splitlines()[0]
-
-
 def read_deeplab2_checkpoint(path, items=MODEL_ITEMS):
     """Model variables of a DeepLab2 checkpoint, keyed by DeepLab2 name.
 
@@ -74,16 +70,16 @@ def read_deeplab2_checkpoint(path, items=MODEL_ITEMS):
     try:
         reader = tf.train.load_checkpoint(prefix)
     except tf.errors.NotFoundError as error:
-        raise FileNotFoundError(f"Cannot read checkpoint {prefix}: {_first_line(error)}") from None
+        raise FileNotFoundError(f"Cannot read checkpoint {prefix}: {error_line(error)}") from None
     except (tf.errors.OpError, ValueError) as error:  # a damaged index
-        raise ValueError(f"Checkpoint {prefix} is unreadable: {_first_line(error)}") from None
+        raise ValueError(f"Checkpoint {prefix} is unreadable: {error_line(error)}") from None
     values = {}
     for key in reader.get_variable_to_shape_map():
         if key.split("/")[0] in items and key.endswith(_VALUE_SUFFIX) and ".OPTIMIZER_SLOT" not in key:
             try:
                 values[name_from_checkpoint_key(key)] = reader.get_tensor(key)
             except (tf.errors.OpError, IndexError) as error:  # a truncated or corrupt data file
-                raise ValueError(f"Checkpoint {prefix} is unreadable at {key}: {_first_line(error)}") from None
+                raise ValueError(f"Checkpoint {prefix} is unreadable at {key}: {error_line(error)}") from None
     if not values:
         raise ValueError(f"Checkpoint {prefix} has no variables under the DeepLab2 model items {list(items)}.")
     return values

@@ -20,7 +20,7 @@ functions evaluation uses, and the graph holds only stock TensorFlow ops.
 from axial_tf.data.inference import ENCODED_IMAGE_FORMATS, decode_image, encoded_image_header
 
 from axial_tf.export.classification import ClassificationServingModule
-from axial_tf.export.errors import error_line
+from axial_tf.utils.errors import error_line
 from axial_tf.export.exporter import (
     build_serving_module,
     check_model_source,

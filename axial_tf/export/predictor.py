@@ -14,7 +14,7 @@ import PIL.Image
 import tensorflow as tf
 
 from axial_tf.data.inference import ENCODED_IMAGE_FORMATS, decode_image, encoded_image_header
-from axial_tf.export.errors import error_line
+from axial_tf.utils.errors import error_line
 from axial_tf.export.exporter import build_serving_module, label_space_info
 from axial_tf.export.saved_model import read_export_info, resolve_saved_model
 from axial_tf.export.serving import DEFAULT_MAX_MEGAPIXELS, IMAGES_INPUT, SERVING_DEFAULT, max_pixels_from_megapixels

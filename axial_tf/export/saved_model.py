@@ -19,7 +19,7 @@ import os
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from axial_tf.export.errors import error_line
+from axial_tf.utils.errors import error_line
 from axial_tf.export.loading import CHECKPOINT_SUBDIR
 from axial_tf.training.config import CONFIG_FILENAME
 

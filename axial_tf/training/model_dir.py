@@ -21,6 +21,8 @@ import sys
 
 import tensorflow as tf
 
+from axial_tf.utils.errors import error_line
+
 LOCK_FILENAME = ".lock"
 
 
@@ -44,9 +46,7 @@ def failure_reason(error):
     """
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
-    text = getattr(error, "message", None) or str(error)
-    text = re.sub(r"\{\{function_node [^}]*\}\}|\[Op:\w+\]", "", text).strip()
-    first_line = text.splitlines()[0].strip() if text else type(error).__name__
+    first_line = error_line(error)
     # TensorFlow's file errors read "PATH; REASON"; the callers name the path themselves.
     file_error = re.fullmatch(r"\S+; (.+)", first_line)
     return file_error.group(1) if file_error else first_line

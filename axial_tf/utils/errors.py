@@ -1,4 +1,4 @@
-"""One line that says what went wrong, for the tools' `error: ...` messages."""
+"""One line that says what went wrong, for the tools' `error: ...` messages (shared by every layer)."""
 
 import re
 
