@@ -177,10 +177,11 @@ def load_baseline_attention_2d(commit=BASELINE_COMMIT):
     """
 
     def baseline_source(path):
-        # Registration would clash with the current classes of the same name.
+        # Registration would clash with the current classes of the same name; the baseline's
+        # MaskedBatchNormalization now lives in the attention module.
         return source_at_commit(path, commit).replace(
             '@keras.saving.register_keras_serializable(package="axial_tf")\n', ""
-        )
+        ).replace("from axial_tf.layers.masked_batch_norm import", "from axial_tf.layers.axial_attention import")
 
     one_d = "baseline_axial_attention"
     private_module(one_d, baseline_source("axial_tf/layers/axial_attention.py"), f"{commit}:{one_d}")

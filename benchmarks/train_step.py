@@ -16,7 +16,7 @@ from bench_utils import REPO_ROOT, emit, setup_tensorflow
 
 tf = setup_tensorflow()
 
-from axial_tf.training.config import load_config  # noqa: E402
+from axial_tf.experiment.config import load_config  # noqa: E402
 from axial_tf.training.trainer import Trainer  # noqa: E402
 
 

@@ -1,7 +1,9 @@
 """A slow, obvious numpy version of 1-D position-sensitive axial-attention.
 
-Written from the paper / DeepLab2 definition with explicit loops over queries,
-so it shares no code or tensor layout with the Keras layer it checks.
+Written from the paper / DeepLab2 definition with explicit loops over queries, so it
+shares no code or tensor layout with the reference implementation it checks where the
+DeepLab2 fixtures cannot (local spans, lengths beyond the encoding table):
+test_attention_reference.py.
 """
 
 import numpy as np

@@ -1,13 +1,12 @@
-"""AxialAttention's fast paths against a plain, literal implementation of the same math.
+"""AxialAttention's fast path against the reference implementation, the documented definition.
 
-The layer folds the similarity batch norm into per-head scales of q and k, takes
-the global-attention batch statistics from second-moment matrices (or from the
-products themselves), drops BN shifts that cancel in the softmax and runs its qkv
-and output batch norms as fused kernels. The plain path here does none of that: it
-materialises the three similarity products, normalises them with the layer's
-similarity BN sublayer, sums, and runs Keras' unfused batch norm (with the layer's
-variables) on qkv and the output. Outputs, gradients (input and every weight) and
-the moving statistics after a training step must agree.
+The fast path (`axial_attention_fast.py` and the `attention_*.py` modules) folds batch norms
+into scales, projections and values, takes training statistics from moment matrices or
+from the products with a written-out gradient, attends 4-D inputs in place, chunks global
+attention and blocks local attention. The reference (`axial_attention_reference.py`) does
+none of that: it forms every term as a named product and calls the layer's batch-norm
+sub-layers. Two layers with the same weights, one of each implementation, must give the
+same outputs, gradients (input and every weight) and moving statistics afterwards.
 """
 
 import numpy as np
@@ -17,85 +16,68 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from axial_tf.layers import AxialAttention, axial_attention
+from axial_tf.layers import AxialAttention, attention_batch_statistics, runtime_settings
 
 HEADS, KEY_DEPTH, VALUE_DEPTH, CHANNELS, LENGTH = 2, 8, 12, 6, 9
 
 
-def _keras_batch_norm(norm, inputs, training):
-    """Keras' own (unfused) batch norm with the variables of `norm`, on rows of channels."""
-    rows = ops.reshape(inputs, (-1, inputs.shape[-1]))
-    return ops.reshape(keras.layers.BatchNormalization.call(norm, rows, training=training), inputs.shape)
+def _twin_layers(span=None, seed=0, **kwargs):
+    """A fast and a reference layer with identical random weights (non-trivial BN statistics).
 
-
-def _plain_attention(layer, inputs, training):
-    """Literal position-sensitive attention with full [L, L] logits (band mask for a local span)."""
-    batch, length = inputs.shape[0], inputs.shape[1]
-    qkv = _keras_batch_norm(layer.batch_norm_qkv, ops.matmul(inputs, layer.qkv_kernel), training)
-    dk, heads = layer.total_key_depth, layer.num_heads
-    query = ops.reshape(qkv[..., :dk], (batch, length, heads, -1))
-    key = ops.reshape(qkv[..., dk : 2 * dk], (batch, length, heads, -1))
-    value = ops.reshape(qkv[..., 2 * dk :], (batch, length, heads, -1))
-    logits = []
-    if layer.use_content_similarity:
-        logits.append(ops.einsum("nlhd,nmhd->nhlm", query, key))
-    if layer.use_query_rpe_similarity:
-        logits.append(ops.einsum("nlhd,lmd->nhlm", query, layer.query_rpe.table(length, length)))
-    if layer.use_key_rpe_similarity:
-        logits.append(ops.einsum("nmhd,lmd->nhlm", key, layer.key_rpe.table(length, length)))
-    logits = ops.concatenate(logits, axis=1)[:, :, None]  # [N, terms * heads, 1, L, L]
-    offsets = np.arange(length)[None, :] - np.arange(length)[:, None]
-    valid = None if layer.span is None else np.abs(offsets) <= (layer.span - 1) // 2  # [L, L]
-    mask = None if valid is None else valid[None, None, None]
-    logits = layer.batch_norm_similarity(logits, training=training, mask=mask)
-    logits = ops.sum(ops.reshape(logits, (batch, -1, heads, length, length)), axis=1)  # [N, heads, L, L]
-    if valid is not None:
-        logits = ops.where(valid, logits, -1e9)
-    weights = ops.softmax(logits, axis=-1)
-    retrieved = []
-    if layer.retrieve_value_content:
-        retrieved.append(ops.einsum("nhlm,nmhd->nlhd", weights, value))
-    if layer.retrieve_value_rpe:
-        retrieved.append(ops.einsum("nhlm,lmd->nlhd", weights, layer.value_rpe.table(length, length)))
-    retrieved = ops.reshape(ops.stack(retrieved, axis=2), (batch, length, -1))
-    retrieved = _keras_batch_norm(layer.batch_norm_retrieved_output, retrieved, training)
-    return ops.sum(ops.reshape(retrieved, (batch, length, layer.num_retrieval_terms, -1)), axis=2)
-
-
-def _twin_layers(span, seed=0, **switches):
-    """Two layers with identical random weights (non-trivial BN statistics)."""
+    `max_span=6` is below the lengths used, so clipped encoding rows are exercised.
+    """
     rng = np.random.default_rng(seed)
     layers = [
-        AxialAttention(KEY_DEPTH, VALUE_DEPTH, HEADS, span=span, max_span=6, query_block_size=4, **switches)
-        for _ in range(2)
+        AxialAttention(KEY_DEPTH, VALUE_DEPTH, HEADS, span=span, max_span=6, implementation=implementation, **kwargs)
+        for implementation in ("fast", "reference")
     ]
     for layer in layers:
         layer.build((None, None, CHANNELS))
-        layer(np.zeros((1, LENGTH, CHANNELS), "float32"))  # creates lazily built sublayer weights
-    values = []
-    for variable in layers[0].weights:
-        if variable.path.endswith(("moving_variance", "gamma")):
-            values.append(rng.uniform(0.5, 1.5, variable.shape))
-        else:
-            values.append(rng.normal(0, 0.4, variable.shape))
+    values = [
+        rng.uniform(0.5, 1.5, v.shape) if v.path.endswith(("moving_variance", "gamma")) else rng.normal(0, 0.4, v.shape)
+        for v in layers[0].weights
+    ]
     for layer in layers:
-        for variable, value in zip(layer.weights, values):
-            variable.assign(value.astype("float32"))
+        layer.set_weights([value.astype("float32") for value in values])
     return layers
 
 
-def _outputs_and_gradients(layer, call, inputs, training):
-    inputs = tf.convert_to_tensor(inputs)
-    with tf.GradientTape() as tape:
-        tape.watch(inputs)
-        outputs = call(layer, inputs, training)
-        loss = ops.sum(ops.square(outputs) * ops.linspace(0.5, 1.5, VALUE_DEPTH))
-    gradients = tape.gradient(loss, [inputs] + layer.trainable_weights)
-    return np.asarray(outputs), [np.asarray(tf.convert_to_tensor(g)) for g in gradients]
+def _inputs(shape, seed=1):
+    return np.random.default_rng(seed).normal(size=shape).astype("float32")
 
 
-def _fast(layer, inputs, training):
-    return layer(inputs, training=training)
+def _step(layer, inputs, training, function=False):
+    """Outputs, gradients (input, then every trainable weight) and every non-trainable weight after one call.
+
+    With `function`, the call is traced with unknown batch and length (dynamic shapes).
+    """
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outputs = layer(x, training=training)
+            loss = ops.sum(ops.square(outputs) * ops.linspace(0.5, 1.5, VALUE_DEPTH))
+        return outputs, tape.gradient(loss, [x] + layer.trainable_weights)
+
+    if function:
+        step = tf.function(step, input_signature=[tf.TensorSpec([None] * (inputs.ndim - 1) + [CHANNELS])])
+    outputs, gradients = step(tf.constant(inputs))
+    within = lambda weight: weight.path.split("/", 1)[1]  # noqa: E731  (the path without the layer's name)
+    results = {"outputs": np.asarray(outputs)}
+    names = ["input"] + [within(w) for w in layer.trainable_weights]
+    results.update({f"d {name}": np.asarray(tf.convert_to_tensor(g)) for name, g in zip(names, gradients, strict=True)})
+    results.update({within(w): np.asarray(w) for w in layer.non_trainable_weights})
+    return results
+
+
+def _assert_fast_matches_reference(fast, reference, inputs, training, function=False):
+    expected = _step(reference, inputs, training)
+    actual = _step(fast, inputs, training, function)
+    assert list(actual) == list(expected)
+    for name, want in expected.items():
+        # Gradients are sums over many products: float32 rounding relative to their size.
+        atol = 1e-4 * max(1.0, np.abs(want).max()) if name.startswith("d ") else 2e-5
+        np.testing.assert_allclose(actual[name], want, atol=atol, rtol=0, err_msg=name)
 
 
 # Global attention takes training statistics from moment matrices or from the products,
@@ -108,55 +90,100 @@ def _fast(layer, inputs, training):
 @pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize(
     "switches",
-    [{}, dict(use_content_similarity=False), dict(use_key_rpe_similarity=False, retrieve_value_rpe=False)],
+    [
+        {},
+        dict(use_content_similarity=False),
+        dict(use_key_rpe_similarity=False, retrieve_value_rpe=False),
+        dict(use_content_similarity=False, use_query_rpe_similarity=False, retrieve_value_content=False),
+    ],
+    ids=["all-terms", "no-content", "no-key-and-value-encodings", "key-encoding-only"],
 )
-def test_fast_path_matches_plain_path(span, moment_threshold, training, switches, monkeypatch):
+@pytest.mark.sweep
+def test_fast_path_matches_reference(span, moment_threshold, training, switches, monkeypatch):
     if moment_threshold is not None:
-        monkeypatch.setattr(axial_attention, "MOMENT_MATRICES_MAX_DEPTH_SQUARED_PER_POSITION", moment_threshold)
-    fast, plain = _twin_layers(span, **switches)
-    inputs = np.random.default_rng(1).normal(size=(3, LENGTH, CHANNELS)).astype("float32")
-    fast_out, fast_grads = _outputs_and_gradients(fast, _fast, inputs, training)
-    plain_out, plain_grads = _outputs_and_gradients(plain, _plain_attention, inputs, training)
-    np.testing.assert_allclose(fast_out, plain_out, atol=2e-5)
-    for variable, fast_grad, plain_grad in zip(["input"] + fast.trainable_weights, fast_grads, plain_grads):
-        scale = max(1.0, np.abs(plain_grad).max())
-        name = str(getattr(variable, "path", variable))
-        np.testing.assert_allclose(fast_grad, plain_grad, atol=1e-4 * scale, err_msg=name)
-    for fast_variable, plain_variable in zip(fast.non_trainable_weights, plain.non_trainable_weights):
-        np.testing.assert_allclose(
-            np.asarray(fast_variable), np.asarray(plain_variable), atol=1e-5, err_msg=fast_variable.path
+        monkeypatch.setattr(
+            attention_batch_statistics, "MOMENT_MATRICES_MAX_DEPTH_SQUARED_PER_POSITION", moment_threshold
         )
+    fast, reference = _twin_layers(span, query_block_size=4, **switches)
+    _assert_fast_matches_reference(fast, reference, _inputs((3, LENGTH, CHANNELS)), training)
 
 
-def test_frozen_similarity_norm_uses_moving_statistics_in_training():
-    fast, plain = _twin_layers(None)
-    fast.batch_norm_similarity.trainable = False
-    plain.batch_norm_similarity.trainable = False
-    inputs = np.random.default_rng(2).normal(size=(2, LENGTH, CHANNELS)).astype("float32")
-    before = np.asarray(fast.batch_norm_similarity.moving_variance)
-    np.testing.assert_allclose(
-        np.asarray(fast(inputs, training=True)), np.asarray(_plain_attention(plain, inputs, True)), atol=2e-5
-    )
-    np.testing.assert_array_equal(np.asarray(fast.batch_norm_similarity.moving_variance), before)
+@pytest.mark.parametrize("frozen", ["batch_norm_qkv", "batch_norm_similarity", "batch_norm_retrieved_output", "all"])
+@pytest.mark.parametrize("span", [None, 5])
+@pytest.mark.sweep
+def test_frozen_batch_norms_use_moving_statistics_in_training(frozen, span):
+    """A frozen BN folds into its neighbours in training too, in every combination with trainable ones."""
+    fast, reference = _twin_layers(span)
+    names = ["batch_norm_qkv", "batch_norm_similarity", "batch_norm_retrieved_output"] if frozen == "all" else [frozen]
+    for layer in (fast, reference):
+        for name in names:
+            getattr(layer, name).trainable = False
+    before = {name: np.asarray(getattr(fast, name).moving_variance) for name in names}
+    _assert_fast_matches_reference(fast, reference, _inputs((2, LENGTH, CHANNELS), seed=2), training=True)
+    for name in names:
+        np.testing.assert_array_equal(np.asarray(getattr(fast, name).moving_variance), before[name])
+
+
+# Lengths that are no multiple of the block, shorter than the span or than one block: padding
+# queries and keys outside the sequence are masked.
+@pytest.mark.parametrize("span, length, block", [(3, 9, None), (5, 13, 4), (7, 6, 2), (9, 4, 3), (5, 2, None)])
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.sweep
+def test_local_blocks_match_reference_at_any_length(span, length, block, training):
+    fast, reference = _twin_layers(span, query_block_size=block)
+    _assert_fast_matches_reference(fast, reference, _inputs((3, length, CHANNELS)), training)
+
+
+@pytest.mark.parametrize("chunk, function", [(1, False), (2, False), (5, False), (2, True)])
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.sweep
+def test_chunked_global_attention_matches_reference(chunk, function, training):
+    """Chunks of 1 sequence, of 2 (the last one padded) and one chunk holding all 5; traced with
+    unknown shapes too, where the chunk count is a tensor."""
+    fast, reference = _twin_layers(None)
+    logits_per_sequence = HEADS * 7 * 7
+    with runtime_settings(max_chunk_logits=chunk * logits_per_sequence + logits_per_sequence // 2):
+        _assert_fast_matches_reference(fast, reference, _inputs((5, 7, CHANNELS)), training, function)
+
+
+@pytest.mark.parametrize(
+    "span, max_chunk_logits, function",
+    [
+        (None, None, False),  # in place
+        (None, None, True),  # unknown shape: as sequences
+        (None, HEADS * 7 * 7 * 3, False),  # logits beyond one chunk: as sequences, in chunks
+        (5, None, False),  # local: as sequences
+    ],
+    ids=["global-in-place", "global-dynamic-shape", "global-chunked", "local"],
+)
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.sweep
+def test_4d_inputs_match_reference(span, max_chunk_logits, function, training):
+    """`[N, L, X, C]` inputs: N * X sequences along axis 1, on every route of the fast path."""
+    fast, reference = _twin_layers(span)
+    settings = {} if max_chunk_logits is None else {"max_chunk_logits": max_chunk_logits}
+    with runtime_settings(**settings):
+        _assert_fast_matches_reference(fast, reference, _inputs((2, 7, 4, CHANNELS), seed=3), training, function)
 
 
 def test_every_trainable_weight_gets_a_gradient():
     """The similarity BN offset cancels in the softmax; it still gets a (zero) gradient, never None."""
-    (layer, _) = _twin_layers(None)
+    fast, _ = _twin_layers(None)
     inputs = tf.random.normal((2, LENGTH, CHANNELS), seed=3)
     with tf.GradientTape() as tape:
-        loss = ops.sum(layer(inputs, training=True))
-    gradients = tape.gradient(loss, layer.trainable_weights)
+        loss = ops.sum(fast(inputs, training=True))
+    gradients = tape.gradient(loss, fast.trainable_weights)
     assert all(g is not None for g in gradients)
-    beta_gradient = gradients[[w.path for w in layer.trainable_weights].index(layer.batch_norm_similarity.beta.path)]
+    beta_gradient = gradients[[w.path for w in fast.trainable_weights].index(fast.batch_norm_similarity.beta.path)]
     np.testing.assert_array_equal(np.asarray(beta_gradient), 0.0)
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_fast_path_under_mixed_precision_close_to_plain_float32(policy):
-    inputs = np.random.default_rng(4).normal(size=(2, LENGTH, CHANNELS)).astype("float32")
-    _, plain = _twin_layers(None)
-    expected = np.asarray(_plain_attention(plain, inputs, True))
+@pytest.mark.sweep
+def test_fast_path_under_mixed_precision_close_to_float32_reference(policy):
+    inputs = _inputs((2, LENGTH, CHANNELS), seed=4)
+    _, reference = _twin_layers(None)
+    expected = np.asarray(reference(inputs, training=True))
     keras.mixed_precision.set_global_policy(policy)
     try:
         fast, _ = _twin_layers(None)
@@ -174,13 +201,13 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from keras import ops
-from axial_tf.layers import AxialAttention, axial_attention
+from axial_tf.layers import AxialAttention, attention_batch_statistics
 
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 batches = [np.random.default_rng(i).normal(i, 1.0 + i, (3, 9, 6)).astype("float32") for i in range(2)]
 results = {}
 for name, span, threshold in [("product-statistics", None, 0), ("moment-matrices", None, 10**9), ("local", 5, 0)]:
-    axial_attention.MOMENT_MATRICES_MAX_DEPTH_SQUARED_PER_POSITION = threshold
+    attention_batch_statistics.MOMENT_MATRICES_MAX_DEPTH_SQUARED_PER_POSITION = threshold
     make = lambda: AxialAttention(8, 12, 2, span=span, max_span=6, query_block_size=4, sync_batch_norm=True)
     with strategy.scope():
         mirrored = make()
@@ -219,6 +246,7 @@ print("RESULT", json.dumps(results))
 """
 
 
+@pytest.mark.full
 def test_synchronized_statistics_over_two_replicas_match_one_device():
     """Two replicas with sync_batch_norm train as one device on the whole batch (gradients through
     the written-out similarity BN gradient included: its scale depends on both replicas' logits)."""

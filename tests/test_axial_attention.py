@@ -1,12 +1,15 @@
-"""AxialAttention against a numpy oracle, plus length, span and precision behaviour."""
+"""AxialAttention's behaviour: lengths, spans, switches, arguments, precision and config.
+
+Its numbers are held against the reference implementation in test_attention_fast_paths.py,
+and the reference against DeepLab2 and a numpy oracle in test_attention_reference.py.
+"""
 
 import numpy as np
 import pytest
 
 import keras
-from axial_tf.layers import AxialAttention, RelativePositionalEncoding
-from axial_tf.layers.axial_attention import sequence_chunks
-from numpy_attention_oracle import attention_1d
+from axial_tf.layers import AxialAttention, AxialAttention2D, AxialBlock, RelativePositionalEncoding
+from axial_tf.layers.attention_layouts import sequence_chunks
 
 HEADS, KEY_DEPTH, VALUE_DEPTH, CHANNELS = 2, 8, 12, 6
 
@@ -27,21 +30,6 @@ def _randomise(layer, seed):
         variable.assign(value.astype("float32"))
 
 
-def _oracle_weights(layer):
-    def bn(b):
-        return {n: np.asarray(getattr(b, n), np.float64) for n in ("gamma", "beta", "moving_mean", "moving_variance")}
-
-    return {
-        "qkv_kernel": np.asarray(layer.qkv_kernel, np.float64),
-        "bn_qkv": bn(layer.batch_norm_qkv),
-        "bn_similarity": bn(layer.batch_norm_similarity),
-        "bn_output": bn(layer.batch_norm_retrieved_output),
-        "rq": np.asarray(layer.query_rpe.embeddings, np.float64),
-        "rk": np.asarray(layer.key_rpe.embeddings, np.float64),
-        "rv": np.asarray(layer.value_rpe.embeddings, np.float64),
-    }
-
-
 def _layer(span=None, seed=0, max_span=8, **kwargs):
     layer = AxialAttention(KEY_DEPTH, VALUE_DEPTH, HEADS, span=span, max_span=max_span, **kwargs)
     layer.build((None, None, CHANNELS))
@@ -53,28 +41,12 @@ def _input(length, batch=3, seed=1):
     return np.random.default_rng(seed).normal(size=(batch, length, CHANNELS)).astype("float32")
 
 
-# Lengths beyond max_span (8) exercise the clipped table rows.
-@pytest.mark.parametrize("span,length,block", [(None, 7, None), (None, 11, None), (3, 9, None), (5, 13, 4), (7, 6, 2)])
-@pytest.mark.parametrize("training", [False, True])
-def test_matches_numpy_oracle(span, length, block, training):
-    layer = _layer(span, query_block_size=block)
-    x = _input(length)
-    ours = np.asarray(layer(x, training=training))
-    expected = attention_1d(x.astype(np.float64), _oracle_weights(layer) if not training else _oracle_weights_before(layer, x), HEADS, span, training=training)
-    np.testing.assert_allclose(ours, expected, atol=1e-5, rtol=0)
-
-
-def _oracle_weights_before(layer, x):
-    """Weights as they were before a training call updated the moving statistics."""
-    fresh = _layer(layer.span, query_block_size=layer.query_block_size)
-    return _oracle_weights(fresh)
-
-
-def test_local_span_covering_axis_equals_global():
+@pytest.mark.parametrize("implementation", ["fast", "reference"])
+def test_local_span_covering_axis_equals_global(implementation):
     length = 7
     x = _input(length)
-    global_layer = _layer(None)
-    local_layer = _layer(2 * length - 1)
+    global_layer = _layer(None, implementation=implementation)
+    local_layer = _layer(2 * length - 1, implementation=implementation)
     for training in (False, True):
         np.testing.assert_allclose(
             np.asarray(local_layer(x, training=training)), np.asarray(global_layer(x, training=training)), atol=1e-5
@@ -86,66 +58,6 @@ def test_query_block_size_does_not_change_result():
     reference = np.asarray(_layer(5, query_block_size=1)(x))
     for block in (2, 5, 8, 17, 40):
         np.testing.assert_allclose(np.asarray(_layer(5, query_block_size=block)(x)), reference, atol=1e-5)
-
-
-def _forward_and_gradients(layer, x, training, function=False):
-    """Outputs, gradients w.r.t. input and weights, and the moving statistics afterwards."""
-    import tensorflow as tf
-
-    def step(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x, training=training)
-            loss = tf.reduce_sum(y * tf.cos(y))
-        return y, tape.gradient(loss, [x] + layer.trainable_variables)
-
-    if function:  # unknown batch and length: the chunk count is a tensor
-        step = tf.function(step, input_signature=[tf.TensorSpec([None] * (x.ndim - 1) + [CHANNELS], tf.float32)])
-    y, gradients = step(tf.constant(x))
-    moving = [np.asarray(v) for v in layer.non_trainable_variables]
-    return [np.asarray(y)] + [np.asarray(tf.convert_to_tensor(g)) for g in gradients] + moving
-
-
-@pytest.mark.parametrize("training", [False, True])
-@pytest.mark.parametrize("function", [False, True])
-def test_chunked_global_attention_gives_the_one_pass_result(training, function):
-    x = _input(7, batch=5)
-    logits_per_sequence = HEADS * 7 * 7
-    reference = _forward_and_gradients(_layer(None), x, training)
-    # Chunks of 1 sequence, of 2 (the last one padded) and one chunk holding all 5.
-    for chunk in (1, 2, 5):
-        layer = _layer(None, max_chunk_logits=chunk * logits_per_sequence + logits_per_sequence // 2)
-        results = _forward_and_gradients(layer, x, training, function)
-        for expected, actual in zip(reference, results, strict=True):
-            np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
-
-
-def _as_columns(x4):
-    """`[N, L, X, C]` -> `[N * X, L, C]`: one sequence per column."""
-    n, length, x, c = x4.shape
-    return np.ascontiguousarray(x4.transpose(0, 2, 1, 3).reshape(n * x, length, c))
-
-
-@pytest.mark.parametrize(
-    "span, max_chunk_logits, function",
-    [
-        (None, None, False),  # in place
-        (None, None, True),  # unknown shape: as sequences
-        (None, HEADS * 7 * 7 * 3, False),  # logits beyond one chunk: as sequences, in chunks
-        (5, None, False),  # local: as sequences
-    ],
-)
-@pytest.mark.parametrize("training", [False, True])
-def test_attends_along_axis_1_of_4d_inputs(span, max_chunk_logits, function, training):
-    """`[N, L, X, C]` gives what its `N * X` columns give as `[N * X, L, C]` sequences."""
-    x4 = np.random.default_rng(3).normal(size=(2, 7, 4, CHANNELS)).astype("float32")
-    chunk_args = {} if max_chunk_logits is None else {"max_chunk_logits": max_chunk_logits}
-    reference = _forward_and_gradients(_layer(span, **chunk_args), _as_columns(x4), training)
-    results = _forward_and_gradients(_layer(span, **chunk_args), x4, training, function)
-    results[:2] = [_as_columns(t) for t in results[:2]]  # outputs, input gradient
-    # Rows are summed in another order (weight gradients reach |50|): float32 rounding.
-    for expected, actual in zip(reference, results, strict=True):
-        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("count, per_sequence, bound, expected", [
@@ -162,11 +74,6 @@ def test_sequence_chunks_bound_the_logits_and_the_padding(count, per_sequence, b
     assert tuple(int(v) for v in as_tensors) == expected
 
 
-def test_max_chunk_logits_must_be_positive():
-    with pytest.raises(ValueError, match="max_chunk_logits"):
-        AxialAttention(KEY_DEPTH, VALUE_DEPTH, HEADS, max_chunk_logits=0)
-
-
 @pytest.mark.parametrize("span", [None, 5])
 def test_length_change_after_build_is_correct(span):
     layer = _layer(span)
@@ -174,9 +81,8 @@ def test_length_change_after_build_is_correct(span):
     short = _input(5, seed=7)
     fresh = _layer(span)  # same seed -> same weights, first called at length 5
     np.testing.assert_allclose(np.asarray(layer(short)), np.asarray(fresh(short)), atol=1e-6)
-    np.testing.assert_allclose(
-        np.asarray(layer(short)), attention_1d(short.astype(np.float64), _oracle_weights(layer), HEADS, span), atol=1e-5
-    )
+    reference = _layer(span, implementation="reference")
+    np.testing.assert_allclose(np.asarray(layer(short)), np.asarray(reference(short)), atol=1e-5)
 
 
 def test_relative_positional_encoding_indexing_and_clipping():
@@ -233,12 +139,14 @@ def test_inputs_of_another_rank_are_named(shape):
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 @pytest.mark.parametrize("span", [None, 3])
-def test_mixed_precision_close_to_float32(policy, span):
+@pytest.mark.parametrize("implementation", ["fast", "reference"])
+@pytest.mark.sweep
+def test_mixed_precision_close_to_float32(policy, span, implementation):
     x = _input(9)
-    reference_inference = np.asarray(_layer(span)(x))
-    reference_training = np.asarray(_layer(span)(x, training=True))
+    reference_inference = np.asarray(_layer(span, implementation=implementation)(x))
+    reference_training = np.asarray(_layer(span, implementation=implementation)(x, training=True))
     keras.mixed_precision.set_global_policy(policy)
-    layer = _layer(span)
+    layer = _layer(span, implementation=implementation)
     assert layer.batch_norm_similarity.compute_dtype == "float32"
     tolerance = 0.05 if policy == "mixed_float16" else 0.3
     for training, reference in ((False, reference_inference), (True, reference_training)):
@@ -258,3 +166,29 @@ def test_defaults_follow_deeplab2_signature():
     clone(x)
     clone.set_weights(layer.get_weights())
     np.testing.assert_allclose(np.asarray(clone(x)), np.asarray(layer(x)), atol=1e-6)
+
+
+def test_implementation_is_checked_and_saved():
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        AxialAttention(KEY_DEPTH, VALUE_DEPTH, HEADS, implementation="slow")
+    layer = _layer(implementation="reference")
+    assert layer.get_config()["implementation"] == "reference"
+    assert AxialAttention.from_config(layer.get_config()).implementation == "reference"
+    assert AxialAttention(KEY_DEPTH, VALUE_DEPTH, HEADS).implementation == "fast"
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_implementations_share_weights_in_blocks(training):
+    """`implementation` reaches both passes of an AxialBlock's 2-D layer; the weights carry over."""
+    blocks = [AxialBlock([8, 4, 8], strides=2, attention={"num_heads": 2, "implementation": impl}) for impl in
+              ("fast", "reference")]
+    x = np.random.default_rng(5).normal(size=(2, 7, 5, 8)).astype("float32")
+    for block in blocks:
+        block(x)
+    _randomise(blocks[0], seed=6)
+    blocks[1].set_weights(blocks[0].get_weights())
+    attention = blocks[1].attention_layer
+    assert attention.height_axis.implementation == attention.width_axis.implementation == "reference"
+    assert AxialAttention2D.from_config(attention.get_config()).width_axis.implementation == "reference"
+    fast, reference = (np.asarray(block(x, training=training)) for block in blocks)
+    np.testing.assert_allclose(fast, reference, atol=1e-4)

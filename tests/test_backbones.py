@@ -1,5 +1,6 @@
 """Backbones: DeepLab2 parameter-count goldens, endpoints, any input size, atrous consistency."""
 
+import inspect
 import json
 
 import numpy as np
@@ -9,7 +10,8 @@ import keras
 from conftest import fixture_files
 from axial_tf.layers import resize_bilinear_align_corners
 from axial_tf.layers.resized_fuse import ResizedFuse
-from axial_tf.models import AxialResNet, endpoint_strides, get_backbone, list_backbones, stage_plan
+from axial_tf.models import AxialResNet, backbone_config, endpoint_strides, get_backbone, list_backbones, stage_plan
+from axial_tf.models import backbone_registry
 from axial_tf.models.axial_resnet import stacked_decoder_plan
 
 def _goldens():
@@ -42,6 +44,7 @@ def _golden_id(result):
     ],
     ids=_golden_id,
 )
+@pytest.mark.full
 def test_parameter_counts_equal_deeplab2(golden):
     if golden["name"] not in list_backbones():
         pytest.fail(f"DeepLab2 instance {golden['name']} has no axial_tf backbone")
@@ -55,6 +58,30 @@ def test_parameter_counts_equal_deeplab2(golden):
         theirs = [(b["type"], b["filters"], b["strides"]) for b in blocks]
         assert ours == theirs, stage
     keras.backend.clear_session()
+
+
+@pytest.mark.parametrize(
+    "name, instance, layers",
+    [
+        ("swidernet_1_1_1", "swidernet", 1.0),
+        ("swidernet_1_1_3", "swidernet", 3.0),
+        ("swidernet_1_1_4.5", "swidernet", 4.5),
+        ("axial_swidernet_1_1_1", "axial_swidernet", 1.0),
+        ("axial_swidernet_1_1_3", "axial_swidernet", 3.0),
+        ("axial_swidernet_1_1_4.5", "axial_swidernet", 4.5),
+    ],
+)
+def test_swidernet_names_are_the_counted_deeplab2_instances(name, instance, layers):
+    """SWideRNet-(1, 1, l) is DeepLab2's instance at layer multiplier l, whose counts a golden checks."""
+    assert (instance, layers) in {(g["name"], g["backbone_layer_multiplier"]) for g in GOLDENS}
+    expected = backbone_config(instance, stem_width_multiplier=1.0, width_multiplier=1.0, backbone_layer_multiplier=layers)
+    assert backbone_config(name) == expected
+
+
+def test_every_backbone_name_is_written_out():
+    """Each registered name is a literal key of the registry, so grep finds its definition."""
+    source = inspect.getsource(backbone_registry)
+    assert [name for name in list_backbones() if f'"{name}":' not in source] == []
 
 
 def _tiny(name="axial_deeplab_s", **overrides):
@@ -84,6 +111,7 @@ def _randomise_bn(model, seed=0):
 
 
 @pytest.mark.parametrize("name", ["axial_deeplab_s", "max_deeplab_s_backbone", "swidernet"])
+@pytest.mark.sweep
 def test_any_input_size_after_first_call(name):
     """A model first called at one size gives, at another size, what a fresh copy gives."""
     model = _tiny(name, attention={"num_heads": 2}, stem_width_multiplier=0.0625, width_multiplier=0.03125)
@@ -99,6 +127,7 @@ def test_any_input_size_after_first_call(name):
 
 
 @pytest.mark.parametrize("name", ["resnet50", "resnet50_beta", "swidernet"])
+@pytest.mark.sweep
 def test_atrous_output_stride_8_matches_16(name):
     """Convolutional backbones: OS 8 features, subsampled, equal OS 16 features (same weights)."""
     os16 = _tiny(name, output_stride=16, stem_width_multiplier=0.0625)
@@ -145,6 +174,7 @@ def test_unknown_name_suggests():
         get_backbone("axial_resnet_ss")
 
 
+@pytest.mark.full
 def test_remat_gives_same_gradients():
     import tensorflow as tf
 
@@ -192,6 +222,7 @@ def _tiny_max_deeplab_l(**overrides):
 
 
 @pytest.mark.parametrize("output_stride", [16, 32])
+@pytest.mark.sweep
 def test_stacked_decoder_plan_goes_up_and_back_down(output_stride):
     """One stack: strides OS/2 ... 4 ... OS; the last stage is sized like stage 5 (axial, 2048w channels)."""
     config = _tiny_max_deeplab_l(output_stride=output_stride).backbone_config
@@ -208,6 +239,7 @@ def test_stacked_decoder_plan_goes_up_and_back_down(output_stride):
 
 
 @pytest.mark.parametrize("size", [(41, 23), (33, 50)])
+@pytest.mark.sweep
 def test_stacked_decoder_endpoints_at_odd_sizes(size):
     """Encoder endpoints are unchanged by the decoder; backbone_output is the decoded ReLU feature at OS 16."""
     model = _tiny_max_deeplab_l()

@@ -7,8 +7,8 @@ import keras
 from conftest import REPO_ROOT
 from axial_tf.models import get_backbone
 from axial_tf.models.classifier import AxialResNetClassifier, InputNormalization
-from axial_tf.models.factory import build_model
-from axial_tf.training.config import load_config
+from axial_tf.experiment.tasks import build_model
+from axial_tf.experiment.config import load_config
 
 NUM_CLASSES = 7
 # A tiny Axial-ResNet-S: stage widths 4..32, blocks [1, 1, 2, 1], 2 heads.
@@ -38,6 +38,7 @@ def test_logits_are_float32_under_mixed_precision():
     assert keras.backend.standardize_dtype(model(_images(1, 32)).dtype) == "float32"
 
 
+@pytest.mark.full
 def test_trains_a_few_steps_and_reports_top1_top5():
     keras.utils.set_random_seed(0)
     model = _tiny_classifier()
@@ -52,6 +53,7 @@ def test_trains_a_few_steps_and_reports_top1_top5():
     assert 0.0 <= results["top1"] <= results["top5"] <= 1.0
 
 
+@pytest.mark.full
 def test_compile_defaults_to_cross_entropy_and_top1_top5():
     model = _tiny_classifier()
     model.compile()
@@ -62,6 +64,7 @@ def test_compile_defaults_to_cross_entropy_and_top1_top5():
     assert {"top1", "top5"} <= set(results)
 
 
+@pytest.mark.full
 def test_keras_file_round_trip_in_safe_mode(tmp_path):
     model = _tiny_classifier(dropout=0.1, input_normalization="imagenet")
     images = _images(2, 33)
@@ -90,6 +93,7 @@ def test_accepts_a_backbone_instance_and_other_endpoints():
         (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
     ],
 )
+@pytest.mark.sweep
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         _tiny_classifier(**kwargs)
@@ -114,6 +118,7 @@ def test_imagenet_configs_exist_for_s_m_l():
 
 
 @pytest.mark.parametrize("path", IMAGENET_CONFIGS, ids=lambda path: path.stem)
+@pytest.mark.full
 def test_imagenet_config_loads_and_builds(path):
     config = load_config(path)
     assert config.model.task == "classification"
@@ -128,7 +133,7 @@ def test_imagenet_config_loads_and_builds(path):
         "model.backbone_overrides.backbone_layer_multiplier=0.34",
         "model.backbone_overrides.attention={num_heads: 2}",
     ])
-    model = build_model(tiny.model)
+    model = build_model(tiny, sync_batch_norm=False)
     assert isinstance(model, AxialResNetClassifier)
     assert model.backbone.backbone_config["stem_max_pool"] is True  # the paper's ImageNet stem
     assert model(_images(1, 32)).shape == (1, 1000)

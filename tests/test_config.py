@@ -6,8 +6,8 @@ import textwrap
 import pytest
 from conftest import REPO_ROOT
 
-from axial_tf.training import config as config_lib
-from axial_tf.training.config import ConfigError
+from axial_tf.experiment import config as config_lib
+from axial_tf.experiment.config import ConfigError
 
 # One experiment, written three ways: YAML with a base file, and gin (with an include).
 BASE_YAML = """
@@ -262,6 +262,7 @@ def test_override_with_unknown_key_names_the_override(experiment_yaml):
     ("model.semantic_decoder=3", "model.semantic_decoder", "expected a mapping of DecoderConfig options"),
     ("model.backbone_overrides=[1]", "model.backbone_overrides", "expected a mapping, got the list [1]"),
 ])
+@pytest.mark.sweep
 def test_wrong_types_name_the_key_path(experiment_yaml, override, key_path, expected):
     error = _load_error(experiment_yaml, [override])
     assert f"--override {override!r}: {key_path}: {expected}" in str(error)
@@ -269,7 +270,7 @@ def test_wrong_types_name_the_key_path(experiment_yaml, override, key_path, expe
 
 @pytest.mark.parametrize("override, key_path, expected", [
     ("model.task=panoptik", "model.task",
-     "invalid value 'panoptik'; allowed values: 'panoptic', 'classification'; did you mean 'panoptic'?"),
+     "invalid value 'panoptik'; allowed values: 'panoptic', 'classification', 'semantic'; did you mean 'panoptic'?"),
     ("training.mixed_precision=float16", "training.mixed_precision",
      "allowed values: 'float32', 'mixed_float16', 'mixed_bfloat16'"),
     ("optimizer.name=rmsprop", "optimizer.name", "allowed values: 'adam', 'sgd', 'adamw'"),
@@ -280,6 +281,7 @@ def test_wrong_types_name_the_key_path(experiment_yaml, override, key_path, expe
     ("model.output_stride=12", "model.output_stride", "invalid value 12; allowed values: 8, 16, 32"),
     ("evaluation.metrics=[pq, iou]", "evaluation.metrics[1]", "invalid value 'iou'"),
 ])
+@pytest.mark.sweep
 def test_bad_enum_values_list_the_allowed_ones(experiment_yaml, override, key_path, expected):
     error = _load_error(experiment_yaml, [override])
     assert f"{key_path}: " in str(error)
@@ -314,6 +316,7 @@ def test_out_of_range_numbers(experiment_yaml, override, key_path, expected):
     (["model.backbone_overrides.output_stride=8"], "model.backbone_overrides.output_stride",
      "set model.output_stride instead"),
 ])
+@pytest.mark.sweep
 def test_rules_across_keys(experiment_yaml, overrides, key_path, expected):
     error = _load_error(experiment_yaml, overrides)
     assert f"{key_path}: " in str(error)
@@ -372,6 +375,7 @@ def test_include_inherits_and_child_wins(tmp_path):
     ({"a.json": "{}"}, "a.json", "unsupported config file type; use one of .yaml, .yml, .gin"),
     ({}, "absent.yaml", "absent.yaml: config file not found"),
 ])
+@pytest.mark.sweep
 def test_file_level_errors(tmp_path, files, load, expected):
     for name, text in files.items():
         _write(tmp_path, name, text)
@@ -389,6 +393,7 @@ def test_file_level_errors(tmp_path, files, load, expected):
     ("model.backbone = = 3\n", "a.gin:1: invalid gin syntax"),
     ("model.atrous_rates = [1,\n", "invalid gin syntax"),
 ])
+@pytest.mark.sweep
 def test_gin_errors_name_file_and_line(tmp_path, gin_text, expected):
     path = _write(tmp_path, "a.gin", gin_text)
     assert expected in str(_load_error(path))

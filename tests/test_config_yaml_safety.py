@@ -5,8 +5,8 @@ import textwrap
 
 import pytest
 
-from axial_tf.training.config import ConfigError, load_config
-from axial_tf.training.config_sources import MAX_EXPANDED_YAML_NODES
+from axial_tf.experiment.config import ConfigError, load_config
+from axial_tf.experiment.config_sources import MAX_EXPANDED_YAML_NODES
 
 
 def _write(tmp_path, text, name="exp.yaml"):

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REPO_ROOT, fixture_cases
 from training_helpers import run_tool
-from axial_tf.training.config import load_config
+from axial_tf.experiment.config import load_config
 
 CASE = [p.parent for p in fixture_cases("deeplab2/panoptic", "*/config.textproto")][0]
 
@@ -34,6 +34,7 @@ def _assert_failed_in_one_line(result, message):
     assert _error_lines(result) == [f"error: {message}"], result.stderr[-3000:]
 
 
+@pytest.mark.full
 def test_a_misspelled_field_is_a_one_line_error_and_nothing_is_written(tmp_path):
     experiment = tmp_path / "experiment.textproto"
     experiment.write_text((CASE / "config.textproto").read_text().replace("output_stride: 16", "output_strid: 16"))
@@ -44,6 +45,7 @@ def test_a_misspelled_field_is_a_one_line_error_and_nothing_is_written(tmp_path)
 
 
 @pytest.mark.parametrize("existing", ["model.yaml", "model.keras"])
+@pytest.mark.full
 def test_an_existing_output_is_refused_without_overwrite(tmp_path, existing):
     (tmp_path / existing).write_text("my own file\n")
     result = _convert(CASE / "config.textproto", tmp_path / "model.keras")
@@ -52,6 +54,7 @@ def test_an_existing_output_is_refused_without_overwrite(tmp_path, existing):
     assert (tmp_path / existing).read_text() == "my own file\n"
 
 
+@pytest.mark.full
 def test_overwrite_replaces_both_outputs_but_a_failed_conversion_keeps_them(tmp_path):
     for name in ("model.yaml", "model.keras"):
         (tmp_path / name).write_text("my own file\n")
@@ -92,6 +95,7 @@ except OSError as error:
 """
 
 
+@pytest.mark.full
 def test_a_failing_write_leaves_the_existing_outputs_and_no_partial_file(tmp_path):
     (tmp_path / "model.keras").write_text("old model\n")
     (tmp_path / "model.yaml").write_text("old config\n")

@@ -125,6 +125,7 @@ def _assert_records(builder, split, expected_labels):
 
 @pytest.mark.parametrize("use_train_id", [False, True], ids=["label_ids", "train_ids"])
 @pytest.mark.parametrize("with_categories", [True, False], ids=["categories", "no_categories"])
+@pytest.mark.sweep
 def test_both_layouts_give_the_same_labels(tmp_path, use_train_id, with_categories):
     root = tmp_path / "cityscapes"
     expected = {

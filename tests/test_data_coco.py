@@ -296,6 +296,7 @@ DEFECTS = {
 
 
 @pytest.mark.parametrize("defect", sorted(DEFECTS))
+@pytest.mark.sweep
 def test_invalid_input_is_reported_with_the_file_name(tmp_path, defect):
     culprit = _write_bad_folder(tmp_path / "src", defect)
     builder = _folder_builder(tmp_path / "src", tmp_path / "tfds")
@@ -306,6 +307,7 @@ def test_invalid_input_is_reported_with_the_file_name(tmp_path, defect):
 
 
 @pytest.mark.parametrize("defect", sorted(DEFECTS))
+@pytest.mark.sweep
 def test_skip_invalid_skips_and_counts(tmp_path, defect):
     culprit = _write_bad_folder(tmp_path / "src", defect)
     builder = data.prepare(_folder_builder(tmp_path / "src", tmp_path / "tfds", skip_invalid=True))
@@ -670,6 +672,7 @@ def test_rebuild_on_change_keeps_a_predefined_config_and_needs_sources(tmp_path)
         data.get_builder("panoptic_shapes", config="tiny", rebuild_on_change=True)
 
 
+@pytest.mark.full
 def test_train_tool_reports_edited_sources_in_one_line(tmp_path):
     src, _ = _prepared_toy(tmp_path)
     _rename_sky_and_drop_img2(src)

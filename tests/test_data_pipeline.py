@@ -100,6 +100,7 @@ def _numpy_batches(dataset, count):
 
 
 @pytest.mark.parametrize("scale_step", [0.25, 0.0])
+@pytest.mark.sweep
 def test_augmentation_keeps_image_and_label_aligned(scale_step):
     batches = _numpy_batches(_train_dataset(_block_records(8), scale_step=scale_step), 6)
     checked, padded, shifted_mismatches = [], 0, 0
@@ -247,11 +248,13 @@ def test_epoch_order_does_not_depend_on_the_global_seed():
 
 
 @pytest.mark.parametrize("start", [1, EPOCH, 3 * EPOCH + 7, 5 * EPOCH - 1])
+@pytest.mark.sweep
 def test_resumed_stream_equals_the_uninterrupted_stream(start):
     uninterrupted = _ids_and_positions(start + 2 * EPOCH)
     assert _ids_and_positions(2 * EPOCH, start_example=start) == uninterrupted[start:]
 
 
+@pytest.mark.full
 def test_resume_does_not_decode_the_skipped_examples():
     decoded = []
 
@@ -277,6 +280,7 @@ def test_training_records_need_a_known_count():
 
 
 @pytest.mark.parametrize("cache", [False, True])
+@pytest.mark.full
 def test_dataset_fn_resumes_exactly_several_epochs_in(shapes_builder, cache):
     info = data.dataset_info_from_builder(shapes_builder)
     dataset_fn = data.panoptic_train_dataset_fn(
@@ -418,6 +422,7 @@ def test_dataset_fn_batches_per_replica(shapes_builder):
     assert batch["panoptic_label"].dtype == tf.int32
 
 
+@pytest.mark.full
 def test_cache_does_not_change_the_stream(shapes_builder):
     info = data.dataset_info_from_builder(shapes_builder)
 

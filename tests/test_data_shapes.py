@@ -125,6 +125,7 @@ def test_get_dataset_info_knows_the_registry():
 
 
 @pytest.mark.parametrize("seed", range(6))
+@pytest.mark.sweep
 def test_rendered_instances_stay_recognisable(seed):
     options = shapes_renderer.SceneOptions(
         height=64, width=80, crowd_probability=0.5, void_probability=0.5

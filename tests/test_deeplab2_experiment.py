@@ -28,8 +28,8 @@ from axial_tf.checkpoints.textproto import TextProtoError, parse_textproto
 from axial_tf.data.augment import random_scale
 from axial_tf.models.axial_resnet import AxialResNet
 from axial_tf.models.backbone_registry import backbone_config
-from axial_tf.models.factory import build_model
-from axial_tf.training.config import config_from_dict, load_config
+from axial_tf.experiment.tasks import build_model
+from axial_tf.experiment.config import config_from_dict, load_config
 
 # Every field the converter reads, set to a value other than DeepLab2's default where
 # the converter can express one (so that removing it shows), else to the default.
@@ -318,6 +318,7 @@ def test_full_experiment_converts_to_its_values():
 
 
 @pytest.mark.parametrize("field, key, default, edits", DEFAULT_CASES, ids=[c[0] for c in DEFAULT_CASES])
+@pytest.mark.full
 def test_an_omitted_field_takes_deeplab2s_default(field, key, default, edits):
     experiment = _parsed()
     for path, value in edits.items():
@@ -335,6 +336,7 @@ def test_an_omitted_field_takes_deeplab2s_default(field, key, default, edits):
 
 
 @pytest.mark.parametrize("field", REQUIRED_FIELDS)
+@pytest.mark.sweep
 def test_an_omitted_field_without_a_usable_default_is_named(field):
     experiment = _parsed()
     _remove(experiment, field)
@@ -445,9 +447,9 @@ def _trainable(layer):
 def test_omitting_aspp_use_only_1x1_proj_conv_builds_the_full_aspp():
     config = config_from_dict(_converted(_small_model_experiment()).config)
     assert config.model.semantic_decoder.aspp_use_only_1x1_proj is False
-    model = build_model(config.model)
+    model = build_model(config, sync_batch_norm=False)
     reduced = build_model(config_from_dict(_converted(
-        _small_model_experiment(aspp_use_only_1x1_proj_conv=True)).config).model)
+        _small_model_experiment(aspp_use_only_1x1_proj_conv=True)).config), sync_batch_norm=False)
     c_in = reduced.semantic_decoder.aspp.proj_conv_bn_act.conv.kernel.shape[-2]  # res5 channels
     c = 24  # aspp_channels
     # Conv + BN (gamma, beta) per branch, convs without bias: the 1x1 branch, three 3x3
@@ -622,6 +624,7 @@ def test_sgd_adamw_and_cosine_map_to_our_optimizer():
     ({f"{LOSSES}.center_loss.name": "l1"}, f"{LOSSES}.center_loss.name: 'l1' cannot be expressed"),
     ({f"{LOSSES}.motion_loss": {"name": ["l1"]}}, f"{LOSSES}.motion_loss: cannot be expressed"),
 ])
+@pytest.mark.sweep
 def test_options_we_cannot_express_are_named(edits, named):
     experiment = _parsed()
     for path, value in edits.items():
@@ -665,6 +668,7 @@ def test_the_full_experiment_notes_only_what_axial_tf_does_differently():
     (f"{INSTANCE}.center_head.output_channels", 3, "3 is not supported"),
     (f"{EVALUATOR}.keep_k_centers", -1, "-1 (keep every center) is not supported"),
 ])
+@pytest.mark.sweep
 def test_bad_values_give_one_line_naming_field_and_value(path, value, message):
     experiment = _parsed()
     _set(experiment, path, value)
@@ -743,6 +747,7 @@ MISSPELLED_FIELDS = [
 
 @pytest.mark.parametrize("path, value, message, suggestion", MISSPELLED_FIELDS,
                          ids=[case[0] for case in MISSPELLED_FIELDS])
+@pytest.mark.sweep
 def test_a_field_deeplab2_does_not_have_is_an_error_with_a_suggestion(path, value, message, suggestion):
     experiment = _parsed()
     _set(experiment, path, value)
@@ -795,6 +800,7 @@ UNUSED_FIELDS = [
 
 
 @pytest.mark.parametrize("path, value", UNUSED_FIELDS, ids=[case[0] for case in UNUSED_FIELDS])
+@pytest.mark.sweep
 def test_a_deeplab2_field_axial_tf_does_not_use_is_named(path, value):
     experiment = _parsed()
     _remove(experiment, f"{SOLVER}.adamw_weight_decay")  # unused with sgd
@@ -840,6 +846,7 @@ def _our_scale_factors(augmentation, draws=300):
     (0.5, 1.5, 0.25, 5),   # a step that divides the range in float32
     (0.5, 2.0, 0.4, 4),    # a step that does not divide it: DeepLab2 spreads the factors
 ])
+@pytest.mark.sweep
 def test_the_scale_factors_are_deeplab2s(low, high, step, count):
     experiment = _parsed()
     for name, value in (("min_scale_factor", low), ("max_scale_factor", high), ("scale_factor_step_size", step)):

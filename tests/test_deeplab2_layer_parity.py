@@ -12,6 +12,7 @@ TOLERANCE = 1e-4
 
 
 @pytest.mark.parametrize("json_path", CASES, ids=case_id)
+@pytest.mark.sweep
 def test_outputs_match_deeplab2(json_path):
     spec, arrays, layer, names = load_case(json_path)
     x = arrays["input"]
@@ -50,6 +51,7 @@ def _conv_bn_count(layer, name, x):
 
 
 @pytest.mark.parametrize("json_path", CASES, ids=case_id)
+@pytest.mark.sweep
 def test_parameter_counts_match_deeplab2(json_path):
     spec, _, layer, _ = load_case(json_path)
     trainable = sum(int(np.prod(v.shape)) for v in layer.trainable_weights)

@@ -7,10 +7,10 @@ import pytest
 
 from conftest import case_id, fixture_cases
 from axial_tf.checkpoints.deeplab2_converter import load_deeplab2_checkpoint, read_deeplab2_experiment
-from axial_tf.models.factory import build_model
+from axial_tf.experiment.tasks import build_model
 from axial_tf.models.inference import predict_panoptic
 from axial_tf.postprocessing import PostProcessOptions
-from axial_tf.training.config import config_from_dict
+from axial_tf.experiment.config import config_from_dict
 
 CASES = [p.parent for p in fixture_cases("deeplab2/panoptic", "*/config.textproto")]
 TOLERANCE = 1e-4
@@ -18,7 +18,7 @@ TOLERANCE = 1e-4
 
 def _converted(case):
     config = config_from_dict(read_deeplab2_experiment(case / "config.textproto"), source=str(case))
-    model = build_model(config.model)
+    model = build_model(config, sync_batch_norm=False)
     report = load_deeplab2_checkpoint(model, str(case / "checkpoint"))
     return config, model, report
 
@@ -71,6 +71,7 @@ def test_converted_checkpoint_reproduces_deeplab2(case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.full
 def test_experiment_file_gives_the_architecture(case):
     config, model, _ = _converted(case)
     info = json.loads((case / "io.json").read_text())
@@ -82,6 +83,7 @@ def test_experiment_file_gives_the_architecture(case):
         assert list(endpoints[key].shape) == shapes[key], key
 
 
+@pytest.mark.full
 def test_missing_and_wrong_variables_are_named(tmp_path):
     case = CASES[0]
     config, model, _ = _converted(case)
@@ -111,13 +113,14 @@ def test_missing_and_wrong_variables_are_named(tmp_path):
         load_deeplab2_checkpoint(model, str(tmp_path / "no_such_dir"))
 
 
+@pytest.mark.full
 def test_convert_tool_writes_reloadable_model_and_config(tmp_path):
     import subprocess
     import sys
 
     import keras
     from conftest import REPO_ROOT
-    from axial_tf.training.config import load_config
+    from axial_tf.experiment.config import load_config
 
     case = CASES[0]
     output = tmp_path / "converted.keras"

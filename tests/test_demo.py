@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import PIL.Image
+import pytest
 import tensorflow as tf
 
 from conftest import REPO_ROOT
@@ -18,7 +19,7 @@ PICTURE_EXAMPLES, PICTURE_SCALE = 4, 3
 
 
 def test_demo_config_is_what_the_notes_describe():
-    from axial_tf.training.config import load_config
+    from axial_tf.experiment.config import load_config
 
     config = load_config(DEMO_CONFIG)
     assert config.data.dataset == "panoptic_shapes" and config.model.task == "panoptic"
@@ -27,6 +28,7 @@ def test_demo_config_is_what_the_notes_describe():
     assert config.evaluation.flip and len(config.evaluation.eval_scales) > 1
 
 
+@pytest.mark.full
 def test_demo_runs_end_to_end(tmp_path):
     """The demo's own model and evaluation protocol, shortened to 2 steps on the tiny split."""
     model_dir = tmp_path / "demo"
@@ -52,6 +54,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert size == (expected.shape[1], expected.shape[0])
 
 
+@pytest.mark.full
 def test_demo_reports_config_errors_without_traceback(tmp_path):
     result = run_tool("demo", "--model_dir", tmp_path, overrides=["training.stepz=3"], timeout=300)
     assert result.returncode != 0 and "Traceback" not in result.stderr

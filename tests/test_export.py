@@ -25,20 +25,19 @@ from training_helpers import tool_command
 
 from axial_tf import data
 from axial_tf.data import records
-from axial_tf.export import (
-    EXPORT_INFO_FILENAME,
-    PANOPTIC_OUTPUTS,
+from axial_tf.experiment.builders import (
     dataset_info_from_config,
-    export_model,
     inference_preprocessor_from_config,
-    load_model,
     postprocess_options_from_config,
-    read_export_info,
-    saved_model_op_types,
-    serving_module_from_config,
 )
+from axial_tf.experiment.checkpoints import load_model, model_checkpoint_items
+from axial_tf.experiment.config import config_from_dict, config_to_dict, save_config
+from axial_tf.experiment.serving.panoptic import PANOPTIC_OUTPUTS
+from axial_tf.experiment.tasks import build_model, task_for_config
+from axial_tf.export import EXPORT_INFO_FILENAME, export_model, read_export_info, saved_model_op_types
 from axial_tf.models.inference import predict_panoptic
-from axial_tf.training.config import config_from_dict, config_to_dict, save_config
+
+pytestmark = pytest.mark.full  # SavedModel export of a trained model, fresh processes
 
 PYTHON = sys.executable
 TINY_BACKBONE = {
@@ -104,11 +103,9 @@ def calibrate_heads(model, images):
 
 def write_training_run(model_dir, config, seed=0):
     """A model directory as the trainer leaves it: config.yaml and checkpoints/ckpt-1."""
-    from axial_tf.models.factory import build_model
-    from axial_tf.training.trainer import model_checkpoint_items
 
     keras.utils.set_random_seed(seed)
-    model = build_model(config.model)
+    model = build_model(config, sync_batch_norm=False)
     calibrate_heads(model, np.random.default_rng(seed).integers(0, 256, (2, *CROP_SIZE, 3)))
     save_config(config, model_dir)
     tf.train.Checkpoint(**model_checkpoint_items(model)).save(os.path.join(model_dir, "checkpoints", "ckpt"))
@@ -296,7 +293,7 @@ def test_saved_model_equals_trainer_evaluation_on_the_validation_split(exported,
 
 
 def test_both_signatures_share_one_traced_model_graph(exported):
-    module = serving_module_from_config(exported.model, exported.config)
+    module = task_for_config(exported.config).serving_module(exported.model)
     module.signatures()
     # The model (every scale and flip) is traced once for the two signatures, not once each.
     assert module._predict_and_restore_function.value.experimental_get_tracing_count() == 1

@@ -25,7 +25,7 @@ from axial_tf.export import (
     resolve_saved_model,
     save_serving_module,
 )
-from axial_tf.training.config import save_config
+from axial_tf.experiment.config import save_config
 
 
 class ScaleModule(tf.Module):
@@ -121,6 +121,7 @@ def test_a_failed_export_leaves_the_previous_version_intact(tmp_path):
     assert_no_leftovers(version.parent)
 
 
+@pytest.mark.full
 def test_a_killed_export_leaves_the_previous_version_intact(tmp_path):
     version = tmp_path / "model" / "1"
     export(version, 1.0)
@@ -216,6 +217,7 @@ def assert_one_line_error(result, *fragments):
         assert fragment in last, last
 
 
+@pytest.mark.full
 def test_export_tool_refuses_to_overwrite_a_model_dir(model_dir_without_checkpoints):
     run = model_dir_without_checkpoints
     before = tree(run)
@@ -224,12 +226,14 @@ def test_export_tool_refuses_to_overwrite_a_model_dir(model_dir_without_checkpoi
     assert tree(run) == before
 
 
+@pytest.mark.full
 def test_export_tool_names_a_missing_model_dir(tmp_path):
     result = run_command(tool_command("export", "--model_dir", tmp_path / "no_such_run", "--output", tmp_path / "e"))
     assert_one_line_error(result, "--model_dir", "no_such_run", "does not exist")
     assert not (tmp_path / "e").exists()
 
 
+@pytest.mark.full
 def test_export_tool_names_an_output_folder_it_cannot_write(model_dir_without_checkpoints, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
@@ -239,6 +243,7 @@ def test_export_tool_names_an_output_folder_it_cannot_write(model_dir_without_ch
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders")
+@pytest.mark.full
 def test_export_tool_names_a_read_only_output_folder(model_dir_without_checkpoints, tmp_path):
     read_only = tmp_path / "exports"
     read_only.mkdir()

@@ -12,6 +12,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from conftest import FIXTURES_ENV, IN_REPO_FIXTURES, REPO_ROOT
 
 VERIFICATION = "axial_reference_verification.json"  # per-case reference errors at a root's top
@@ -46,6 +48,7 @@ def _in_repo_case_ids():
     }
 
 
+@pytest.mark.full
 def test_a_copy_with_nothing_beside_it_collects_every_fixture_case(tmp_path):
     checkout = tmp_path / "checkout"
     for name in _checkout_files():
@@ -71,6 +74,7 @@ def _copy_case(source_stem, root, new_stem):
     (root / VERIFICATION).write_text(json.dumps(verification))
 
 
+@pytest.mark.full
 def test_extra_roots_add_their_cases_under_their_own_ids(tmp_path):
     root = tmp_path / "more" / "fixtures"
     _copy_case("axial_attention_w_s2", root, "another_w_s2")
@@ -82,6 +86,7 @@ def test_extra_roots_add_their_cases_under_their_own_ids(tmp_path):
     assert result.stdout.count("test_axial_attention_module_matches_reference[axial_attention_h_s1]") == 1
 
 
+@pytest.mark.full
 def test_a_case_from_an_extra_root_runs(tmp_path):
     root = tmp_path / "more" / "fixtures"
     _copy_case("axial_attention_h_s2", root, "renamed_h_s2")

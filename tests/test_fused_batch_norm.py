@@ -43,6 +43,7 @@ def _assert_steps_close(expected, actual, atol=2e-5):
 
 @pytest.mark.parametrize("shape", [(64, 12), (2, 5, 7, 12)])
 @pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.sweep
 def test_training_step_matches_keras(shape, graph):
     keras_norm, fused = _twins(shape, momentum=0.9)
     inputs = np.random.default_rng(1).normal(2.0, 3.0, shape).astype("float32")
@@ -81,6 +82,7 @@ def test_channel_groups_match_one_call_on_the_concatenation():
     ],
     ids=["inference", "tiny-epsilon", "channels-first"],
 )
+@pytest.mark.sweep
 def test_other_uses_are_keras_batch_norm(kwargs, shape, training):
     keras_norm, fused = _twins(shape, **kwargs)
     inputs = np.random.default_rng(3).normal(size=shape).astype("float32")
@@ -121,6 +123,7 @@ print("RESULT", json.dumps(results))
 """
 
 
+@pytest.mark.full
 def test_synchronized_over_two_replicas_uses_global_statistics():
     import json
     import subprocess

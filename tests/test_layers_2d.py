@@ -8,8 +8,7 @@ import pytest
 
 import keras
 import tensorflow as tf
-import axial_tf
-from axial_tf.layers import AxialAttention2D, AxialBlock, ConvBN, DropPath
+from axial_tf.layers import AxialAttention2D, AxialBlock, ConvBN, DropPath, runtime, runtime_settings
 
 
 def _image(shape, seed=0):
@@ -18,6 +17,7 @@ def _image(shape, seed=0):
 
 @pytest.mark.parametrize("height,width", [(9, 11), (7, 4), (1, 5), (16, 15)])
 @pytest.mark.parametrize("strides", [1, 2, 3])
+@pytest.mark.sweep
 def test_strided_attention_shapes(height, width, strides):
     layer = AxialAttention2D(filters=4, num_heads=2, strides=strides, span=(None, 3))
     y = layer(_image((2, height, width, 5)))
@@ -50,26 +50,29 @@ def test_conv_bn_matches_deeplab_padding(kernel, strides, dilation, size):
     assert y.shape[1] == -(-size // strides)
 
 
-@pytest.mark.parametrize("kernel,strides,dilation,size", [(3, 1, 1, (9, 7)), (3, 2, 1, (9, 7)), (3, 2, 1, (8, 8)),
-                                                         (5, 1, 2, (11, 6)), (3, 1, 1, (1, 5))])
-@pytest.mark.parametrize("use_batch_norm", [True, False])
-def test_conv_bn_row_bands_equal_one_call(kernel, strides, dilation, size, use_batch_norm, monkeypatch):
-    """A convolution over the im2col bound runs on row bands: same outputs and gradients."""
+def _record_band_calls(monkeypatch):
+    """The arguments of every `ConvBN._convolve_bands` call from now on."""
     band_calls = []
     convolve_bands = ConvBN._convolve_bands
     monkeypatch.setattr(ConvBN, "_convolve_bands", lambda self, *a: band_calls.append(a) or convolve_bands(self, *a))
+    return band_calls
+
+
+@pytest.mark.parametrize("kernel,strides,dilation,size", [(3, 1, 1, (9, 7)), (3, 2, 1, (9, 7)), (3, 2, 1, (8, 8)),
+                                                         (5, 1, 2, (11, 6)), (3, 1, 1, (1, 5))])
+@pytest.mark.parametrize("use_batch_norm", [True, False])
+@pytest.mark.sweep
+def test_conv_bn_row_bands_equal_one_call(kernel, strides, dilation, size, use_batch_norm, monkeypatch):
+    """Where row bands apply (oneDNN on the CPU), a convolution over the im2col bound runs on
+    row bands: same outputs and gradients."""
+    monkeypatch.setattr(runtime, "convolutions_on_onednn_cpu", lambda: True)
+    band_calls = _record_band_calls(monkeypatch)
     whole = ConvBN(4, kernel, strides=strides, dilation_rate=dilation, use_batch_norm=use_batch_norm)
-    # A bound below one output row: every band is a single row (the most bands).
-    banded = ConvBN(4, kernel, strides=strides, dilation_rate=dilation, use_batch_norm=use_batch_norm,
-                    max_im2col_elements=1)
+    banded = ConvBN(4, kernel, strides=strides, dilation_rate=dilation, use_batch_norm=use_batch_norm)
     x = _image((2, *size, 3))
     whole.build(x.shape)
     banded.build(x.shape)
     banded.set_weights(whole.get_weights())
-    dynamic = tf.function(lambda t: banded(t, training=False), input_signature=[tf.TensorSpec((None, None, None, 3))])
-    expected = np.asarray(whole(x, training=False))
-    np.testing.assert_allclose(np.asarray(banded(x, training=False)), expected, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(dynamic(x)), expected, atol=1e-6)
 
     def gradients(layer):
         inputs = tf.constant(x)
@@ -78,20 +81,49 @@ def test_conv_bn_row_bands_equal_one_call(kernel, strides, dilation, size, use_b
             loss = tf.reduce_sum(tf.sin(layer(inputs, training=True)))
         return tape.gradient(loss, [inputs, *[v.value for v in layer.trainable_variables]])
 
-    for got, want in zip(gradients(banded), gradients(whole)):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+    expected = np.asarray(whole(x, training=False))
+    expected_gradients = gradients(whole)
+    assert not band_calls  # the default bound is far above these sizes
+    # A bound below one output row: every band is a single row (the most bands).
+    with runtime_settings(max_im2col_elements=1):
+        signature = [tf.TensorSpec((None, None, None, 3))]
+        dynamic = tf.function(lambda t: banded(t, training=False), input_signature=signature)
+        np.testing.assert_allclose(np.asarray(banded(x, training=False)), expected, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(dynamic(x)), expected, atol=1e-6)
+        for got, want in zip(gradients(banded), expected_gradients, strict=True):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
     # Eager, traced (dynamic shape) and gradient calls took the banded path; one output row needs no bands.
     assert len(band_calls) == (3 if -(-size[0] // strides) > 1 else 1)
 
 
-def test_conv_bn_row_band_plan_and_config():
-    layer = ConvBN(8, 3, strides=2, max_im2col_elements=3 * 9 * 5 * 2)  # 2 output rows of 5 columns
-    y = layer(_image((1, 10, 10, 3)))
-    assert tuple(y.shape) == (1, 5, 5, 8)
-    restored = ConvBN.from_config(layer.get_config())
-    assert restored.max_im2col_elements == 3 * 9 * 5 * 2
-    with pytest.raises(ValueError, match="max_im2col_elements must be positive"):
-        ConvBN(8, 3, max_im2col_elements=0)
+def test_conv_bn_row_band_plan(monkeypatch):
+    monkeypatch.setattr(runtime, "convolutions_on_onednn_cpu", lambda: True)
+    band_calls = _record_band_calls(monkeypatch)
+    layer = ConvBN(8, 3, strides=2)
+    x = _image((1, 10, 10, 3))
+    expected = np.asarray(layer(x))
+    with runtime_settings(max_im2col_elements=3 * 9 * 5 * 2):  # 2 output rows of 5 columns
+        np.testing.assert_allclose(np.asarray(layer(x)), expected, atol=1e-6)
+    (_, out_rows, band), = band_calls
+    assert (out_rows, band) == (5, 2)
+    assert "max_im2col_elements" not in layer.get_config()
+
+
+@pytest.mark.parametrize("onednn_cpu, bound", [(False, 1), (True, None)])
+def test_conv_bn_is_one_call_where_row_bands_do_not_apply(onednn_cpu, bound, monkeypatch):
+    """GPU, other backends or oneDNN off (or bands turned off): one convolution, also in a
+    dynamic-shape graph, which then holds no conditional."""
+    monkeypatch.setattr(runtime, "convolutions_on_onednn_cpu", lambda: onednn_cpu)
+    band_calls = _record_band_calls(monkeypatch)
+    layer = ConvBN(4, 3, strides=2)
+    x = _image((1, 9, 7, 3))
+    expected = np.asarray(layer(x))
+    with runtime_settings(max_im2col_elements=bound):
+        dynamic = tf.function(lambda t: layer(t), input_signature=[tf.TensorSpec((None, None, None, 3))])
+        graph = dynamic.get_concrete_function().graph
+        np.testing.assert_allclose(np.asarray(dynamic(x)), expected, atol=1e-6)
+    assert not band_calls
+    assert not {op.type for op in graph.get_operations()} & {"If", "StatelessIf"}
 
 
 def test_drop_path_unknown_batch_and_expectation():
@@ -123,6 +155,7 @@ print("RESULT", json.dumps({"masks": masks, "states": states}))
 """
 
 
+@pytest.mark.full
 def test_drop_path_masks_differ_across_replicas():
     """Under MirroredStrategy each replica drops its own samples (masks were once identical)."""
     import json
@@ -143,6 +176,7 @@ def test_drop_path_masks_differ_across_replicas():
     [([8, 4, 16], {"num_heads": 2}), ([8, 4, 16], {"num_heads": 2, "span": 3}), ([4, 4, 16], None), ([16, 16], None)],
 )
 @pytest.mark.parametrize("strides", [1, 2])
+@pytest.mark.sweep
 def test_block_shapes_and_identity_start(filters, attention, strides):
     block = AxialBlock(filters, strides=strides, attention=attention)
     x = _image((2, 7, 9, 16))
@@ -161,6 +195,7 @@ def _user_model():
     return keras.Model(inputs, outputs)
 
 
+@pytest.mark.full
 def test_user_model_trains_saves_and_reloads(tmp_path):
     keras.utils.set_random_seed(0)
     model = _user_model()
@@ -189,6 +224,7 @@ def test_user_model_trains_saves_and_reloads(tmp_path):
 
 
 @pytest.mark.parametrize("attention", [{"num_heads": 2}, {"num_heads": 2, "span": 3}])
+@pytest.mark.full
 def test_xla_equals_eager(attention):
     block = AxialBlock([8, 4, 8], strides=2, attention=attention)
     x = _image((2, 9, 7, 8))
@@ -203,6 +239,7 @@ def test_xla_equals_eager(attention):
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.full
 def test_block_runs_under_mixed_precision_and_xla(policy):
     keras.mixed_precision.set_global_policy(policy)
     block = AxialBlock([8, 4, 8], strides=2, attention={"num_heads": 2, "span": 3})
@@ -218,6 +255,7 @@ def test_block_runs_under_mixed_precision_and_xla(policy):
     AxialBlock([8, 4, 8], strides=2, attention={"num_heads": 2}, drop_path_keep_prob=0.8, name="blk"),
     ConvBN(4, 3, strides=2, dilation_rate=1, activation="relu", depthwise=True, name="dw"),
 ])
+@pytest.mark.sweep
 def test_config_round_trip(layer):
     x = _image((1, 5, 6, 8))
     layer(x)
@@ -238,6 +276,7 @@ def test_config_round_trip(layer):
         ({"strides": 2}, (2, 3, 3, 1024)),
     ],
 )
+@pytest.mark.sweep
 def test_attention_2d_defaults_follow_deeplab2_signature(kwargs, expected_shape):
     # DeepLab2's AxialAttention2D(): filters 512, 8 heads, key x1, value x2, stride 1.
     layer = AxialAttention2D(**kwargs)

@@ -387,6 +387,7 @@ _DISTRIBUTED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.full
 def test_under_mirrored_strategy_the_replica_mean_equals_the_global_batch_loss():
     result = subprocess.run(
         [sys.executable, "-c", _DISTRIBUTED_SCRIPT],

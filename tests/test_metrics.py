@@ -104,6 +104,7 @@ def eval_case(request):
     return EvalCase(request.param)
 
 
+@pytest.mark.sweep
 def test_matches_panopticapi_numbers_one_image_per_update(eval_case):
     for crowd_convention, expected_panoptic, _ in eval_case.conventions():
         evaluator = eval_case.evaluator(crowd_convention)
@@ -112,6 +113,7 @@ def test_matches_panopticapi_numbers_one_image_per_update(eval_case):
         _assert_report_matches(evaluator.report(), expected_panoptic, eval_case.expected["semantic"])
 
 
+@pytest.mark.sweep
 def test_per_image_statistics(eval_case):
     for crowd_convention, _, expected_per_image in eval_case.conventions():
         for index, name in enumerate(eval_case.image_names):
@@ -133,6 +135,7 @@ def test_per_image_statistics(eval_case):
                 assert statistics["iou_sum"][class_id] == pytest.approx(expected["iou_sum"], abs=1e-12)
 
 
+@pytest.mark.sweep
 def test_streaming_batches_give_the_same_result(eval_case):
     """All images in one padded batch == batches of 2 in a tf.function == one by one."""
     crowd_convention, expected_panoptic, _ = next(eval_case.conventions())
@@ -269,6 +272,7 @@ _DISTRIBUTED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.full
 def test_mirrored_strategy_two_cpu_replicas_match_single_device():
     cases = [EvalCase(path) for path in EVAL_CASES]
     request = {"cases": []}

@@ -15,11 +15,12 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from axial_tf.export.loading import load_keras_model, load_model, resolve_checkpoint
-from axial_tf.training.checkpoints import UnreadableCheckpointError, try_restore
-from axial_tf.training.config import CONFIG_HISTORY_FILENAME, ConfigError, load_config, save_config
+from axial_tf.experiment.checkpoints import load_keras_model, load_model, resolve_checkpoint
+from axial_tf.experiment.checkpoints import UnreadableCheckpointError, try_restore
+from axial_tf.experiment.config import CONFIG_HISTORY_FILENAME, ConfigError, load_config, save_config
 from axial_tf.training.config_changes import ConfigChangeError, check_resume_config, config_changes
-from axial_tf.training.model_dir import ModelDirError, ModelDirLock
+from axial_tf.training.model_dir import ModelDirLock
+from axial_tf.utils.files import ModelDirError
 from conftest import REPO_ROOT
 from training_helpers import (
     TINY_PANOPTIC,
@@ -82,6 +83,7 @@ def trained_run(tmp_path_factory):
 # ----------------------------------------------------------------------------------- the lock
 
 
+@pytest.mark.full
 def test_a_second_writer_is_refused_with_the_holder_named_until_the_holder_is_killed(tmp_path):
     with lock_held_by_another_process(tmp_path) as holder:
         with pytest.raises(ModelDirError) as refusal:
@@ -172,11 +174,12 @@ def test_save_config_keeps_every_replaced_config_in_the_history(tmp_path):
     assert load_config(tmp_path / "config.yaml") == first
 
 
+@pytest.mark.full
 def test_a_failed_config_write_leaves_the_saved_config_whole(tmp_path):
     save_config(load_config(TINY_PANOPTIC), str(tmp_path))
     saved = (tmp_path / "config.yaml").read_text()
     # The new config is ~2 kB longer (a long manual_dir): the history entry fits, the new config does not.
-    script = (f"from axial_tf.training.config import load_config, save_config\n"
+    script = (f"from axial_tf.experiment.config import load_config, save_config\n"
               f"config = load_config({str(TINY_PANOPTIC)!r}, ['data.manual_dir=/{'x' * 2000}'])\n"
               f"save_config(config, {str(tmp_path)!r})\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT,
@@ -270,6 +273,7 @@ def test_keras_files_that_need_code_are_refused_in_one_line(tmp_path):
         load_keras_model(tmp_path / "truncated.keras")
 
 
+@pytest.mark.full
 def test_a_truncated_latest_checkpoint_is_named_and_resume_can_take_the_newest_intact_one(trained_run, tmp_path):
     model_dir = copy_run(trained_run, tmp_path)
     checkpoints = model_dir / "checkpoints"
@@ -290,6 +294,7 @@ def test_a_truncated_latest_checkpoint_is_named_and_resume_can_take_the_newest_i
     assert_same_weights(checkpoint_weights(model_dir), checkpoint_weights(trained_run))
 
 
+@pytest.mark.full
 def test_damaged_or_mismatched_checkpoints_end_the_tools_with_their_error(trained_run, tmp_path):
     # A restore that failed half-way printed TF's warnings after the error line.
     model_dir = copy_run(trained_run, tmp_path)
@@ -304,6 +309,7 @@ def test_damaged_or_mismatched_checkpoints_end_the_tools_with_their_error(traine
 # ------------------------------------------------------------------------------ the tools
 
 
+@pytest.mark.full
 def test_training_on_a_model_dir_in_use_is_refused_and_evaluating_it_is_not(trained_run, tmp_path):
     model_dir = copy_run(trained_run, tmp_path)
     checkpoints_before = sorted(os.listdir(model_dir / "checkpoints"))
@@ -316,6 +322,7 @@ def test_training_on_a_model_dir_in_use_is_refused_and_evaluating_it_is_not(trai
     assert sorted(os.listdir(model_dir / "checkpoints")) == checkpoints_before
 
 
+@pytest.mark.full
 def test_resuming_with_another_architecture_is_refused_and_harmless_changes_are_logged(trained_run, tmp_path):
     model_dir = copy_run(trained_run, tmp_path)
     saved = (model_dir / "config.yaml").read_text()
@@ -337,6 +344,7 @@ def test_resuming_with_another_architecture_is_refused_and_harmless_changes_are_
     assert load_config(model_dir / "config.yaml").losses.center_weight == 100.0
 
 
+@pytest.mark.full
 def test_a_failed_checkpoint_write_keeps_the_model_dir_resumable(trained_run, tmp_path):
     model_dir = copy_run(trained_run, tmp_path)
     checkpoints = model_dir / "checkpoints"
@@ -352,6 +360,7 @@ def test_a_failed_checkpoint_write_keeps_the_model_dir_resumable(trained_run, tm
     assert tf.train.latest_checkpoint(str(checkpoints)).endswith("ckpt-3")
 
 
+@pytest.mark.full
 def test_eval_mode_without_a_checkpoint_fails_like_the_evaluate_tool(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -362,6 +371,7 @@ def test_eval_mode_without_a_checkpoint_fails_like_the_evaluate_tool(tmp_path):
     assert_one_line_error(typo, f"{tmp_path / 'typo'} does not exist")
 
 
+@pytest.mark.full
 def test_unwritable_paths_directory_configs_and_unsafe_models_fail_in_one_line(trained_run, tmp_path):
     (tmp_path / "file").write_text("")
     training = run_training(TINY_PANOPTIC, tmp_path / "file" / "run", check=False)
@@ -379,7 +389,7 @@ def test_unwritable_paths_directory_configs_and_unsafe_models_fail_in_one_line(t
 
 
 def test_prediction_pngs_keep_sub_folders_and_stay_inside_the_output():
-    from axial_tf.training.trainer import prediction_png_path
+    from axial_tf.experiment.tasks.base import prediction_png_path
 
     assert prediction_png_path("out", "day/frame.jpg") == os.path.join("out", "day", "frame.png")
     assert prediction_png_path("out", "night/frame.jpg") == os.path.join("out", "night", "frame.png")

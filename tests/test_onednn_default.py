@@ -1,4 +1,7 @@
-"""Importing axial_tf before TensorFlow turns TensorFlow's oneDNN kernels on, unless the user said no."""
+"""Importing axial_tf before TensorFlow turns TensorFlow's oneDNN kernels on, unless the user said no.
+
+`runtime.onednn_enabled()` (which decides whether `ConvBN` may use row bands) reports it.
+"""
 
 import os
 import subprocess
@@ -6,7 +9,9 @@ import sys
 
 import pytest
 
-PROBE = "import axial_tf\nfrom tensorflow.python.util import _pywrap_util_port\nprint(_pywrap_util_port.IsMklEnabled())"
+pytestmark = pytest.mark.full  # every test starts a fresh Python
+
+PROBE = "import axial_tf\nfrom axial_tf.layers.runtime import onednn_enabled\nprint(onednn_enabled())"
 
 
 def _onednn_enabled(setting):

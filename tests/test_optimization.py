@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from conftest import REPO_ROOT
 
-from axial_tf.training.config import OptimizerConfig
+from axial_tf.experiment.config import OptimizerConfig
 from axial_tf.training.optimization import OptimizerGroup, WarmupSchedule, build_schedule
 
 
@@ -87,6 +87,7 @@ SCHEDULE_CASES = {
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULE_CASES))
+@pytest.mark.sweep
 def test_schedule_matches_hand_worked_rates(name):
     arguments, expected = SCHEDULE_CASES[name]
     schedule = WarmupSchedule(**arguments)
@@ -97,6 +98,7 @@ def test_schedule_matches_hand_worked_rates(name):
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULE_CASES))
+@pytest.mark.sweep
 def test_schedule_config_round_trip_gives_the_same_rates(name):
     arguments, expected = SCHEDULE_CASES[name]
     schedule = WarmupSchedule(**arguments)
@@ -297,7 +299,7 @@ _DISTRIBUTED_SCRIPT = textwrap.dedent(
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from axial_tf.training.config import OptimizerConfig
+    from axial_tf.experiment.config import OptimizerConfig
     from axial_tf.training.optimization import OptimizerGroup
 
     inputs = json.loads(sys.argv[1])
@@ -336,6 +338,7 @@ _DISTRIBUTED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.full
 def test_mirrored_replicas_apply_the_clipped_sum_of_their_gradients():
     rng = np.random.default_rng(4)
     inputs = dict(

@@ -93,6 +93,7 @@ def _synthetic_batch(seed, batch=2, height=24, width=28, num_classes=4):
 
 @pytest.mark.parametrize("case_dir", POSTPROCESS_CASES, ids=case_id)
 @pytest.mark.parametrize("semantic_input", ["logits", "semantic_pred"])
+@pytest.mark.sweep
 def test_matches_postprocess_fixture_exactly(case_dir, semantic_input):
     logits, heatmap, offsets = _postprocess_inputs(case_dir)
     semantic = logits if semantic_input == "logits" else _postprocess_expected(case_dir, "semantic_pred")
@@ -249,6 +250,7 @@ def test_stuff_area_rule_at_the_limit(rule, kept):
     assert panoptic[0, 3, 3] == 0
 
 
+@pytest.mark.full
 def test_tf_function_with_unknown_shapes_and_saved_model(tmp_path):
     case_dir = POSTPROCESS_CASES[0]
     logits, heatmap, offsets = _postprocess_inputs(case_dir)
@@ -305,6 +307,7 @@ def test_layer_config_round_trip():
         ({"thing_class_ids": (1,), "instance_numbering": "random"}, "instance_numbering"),
     ],
 )
+@pytest.mark.sweep
 def test_options_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PostProcessOptions(**kwargs)

@@ -21,7 +21,6 @@ from axial_tf.export import (
     DOWNSCALE_MAX_FACTOR,
     ImageTooLargeError,
     Predictor,
-    classification_record,
     convert_classifier_to_tflite,
     export_model,
     list_images,
@@ -30,8 +29,9 @@ from axial_tf.export import (
     read_downscaled_image_file,
     read_image_file,
     run_tflite_classifier,
-    write_panoptic_prediction,
 )
+from axial_tf.experiment.serving.classification import classification_record
+from axial_tf.experiment.serving.panoptic import write_panoptic_prediction
 from axial_tf.utils import visualization
 
 # ----------------------------------------------------------------- visualisation
@@ -165,6 +165,7 @@ def panoptic(tmp_path_factory):
     )
 
 
+@pytest.mark.full
 def test_saved_model_and_checkpoint_predictions_are_identical(panoptic):
     from_export = panoptic.predictor
     from_checkpoint = Predictor.from_experiment(panoptic.config, model_dir=panoptic.root / "run")
@@ -178,6 +179,7 @@ def test_saved_model_and_checkpoint_predictions_are_identical(panoptic):
             np.testing.assert_array_equal(exported[name], live[name], err_msg=f"{path}: {name}")
 
 
+@pytest.mark.full
 def test_write_panoptic_prediction_png_and_npy(panoptic, tmp_path):
     predictor = panoptic.predictor
     image = read_image_file(panoptic.images / "a.png")
@@ -194,6 +196,7 @@ def test_write_panoptic_prediction_png_and_npy(panoptic, tmp_path):
     assert tf.io.decode_png((tmp_path / "a_overlay.png").read_bytes()).shape == (33, 47, 3)
 
 
+@pytest.mark.full
 def test_predict_tool_on_a_folder_with_an_unreadable_file(panoptic, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
@@ -214,6 +217,7 @@ def test_predict_tool_on_a_folder_with_an_unreadable_file(panoptic, tmp_path):
     np.testing.assert_array_equal(written, expected)
 
 
+@pytest.mark.full
 def test_predict_tool_refuses_or_downscales_images_over_the_limit(panoptic, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
@@ -228,6 +232,7 @@ def test_predict_tool_refuses_or_downscales_images_over_the_limit(panoptic, tmp_
     assert panoptic_png.shape[:2] == (26, 37)
 
 
+@pytest.mark.full
 def test_predict_tool_limit_cannot_exceed_the_exported_one(panoptic, tmp_path):
     result = run_command(tool_command(
         "predict", "--saved_model", panoptic.export, "--input", panoptic.images, "--output", tmp_path / "out",
@@ -235,6 +240,7 @@ def test_predict_tool_limit_cannot_exceed_the_exported_one(panoptic, tmp_path):
     assert_one_line_error(result, "--max_megapixels 50 is over the limit of 16 megapixels", "re-export")
 
 
+@pytest.mark.full
 def test_predict_tool_names_a_missing_model_dir_and_an_unwritable_output(panoptic, tmp_path):
     missing = run_command(tool_command(
         "predict", "--model_dir", tmp_path / "no_such_run", "--input", panoptic.images, "--output", tmp_path / "o"))
@@ -261,6 +267,7 @@ def classifier(tmp_path_factory):
     return types.SimpleNamespace(root=root, model=model, path=root / "classifier.keras")
 
 
+@pytest.mark.full
 def test_classification_export_top_k_matches_the_evaluation_path(classifier):
     result = run_command(tool_command(
         "export", "--keras_model", classifier.path, "--image_size", 32, "--top_k", 3,
@@ -285,6 +292,7 @@ def test_classification_export_top_k_matches_the_evaluation_path(classifier):
     assert batch["class_names"].shape == (2, 3)
 
 
+@pytest.mark.full
 def test_tflite_classifier_matches_keras(classifier):
     flatbuffer = convert_classifier_to_tflite(classifier.model, 32, top_k=3)
     images = np.random.default_rng(6).uniform(0, 255, (1, 32, 32, 3)).astype(np.float32)
@@ -294,8 +302,10 @@ def test_tflite_classifier_matches_keras(classifier):
     np.testing.assert_array_equal(outputs["classes"][0], np.argsort(-logits[0], kind="stable")[:3])
 
 
+@pytest.mark.full
 def test_panoptic_keras_model_without_config_is_a_clear_error(panoptic, tmp_path):
-    from axial_tf.export import build_serving_module, load_model
+    from axial_tf.experiment.checkpoints import load_model
+    from axial_tf.export import build_serving_module
 
     model = load_model(panoptic.config, model_dir=panoptic.root / "run")
     model.save(tmp_path / "panoptic.keras")

@@ -124,6 +124,7 @@ def test_every_fixture_case_has_a_converter():
 
 
 @pytest.mark.parametrize("case", _cases_of("AxialAttention"), ids=case_id)
+@pytest.mark.sweep
 def test_axial_attention_module_matches_reference(case):
     meta = json.loads(case.read_text())
     arrays = np.load(case.with_suffix(".npz"))
@@ -244,6 +245,7 @@ def _swap_two_relative_offsets(state):
 @pytest.mark.parametrize("perturb", [_scale_one_similarity_gamma, _swap_two_relative_offsets],
                          ids=lambda perturb: perturb.__name__.strip("_"))
 @pytest.mark.parametrize("case", _cases_of("AxialAttentionNet"), ids=case_id)
+@pytest.mark.sweep
 def test_net_comparison_reports_a_slightly_wrong_weight(case, perturb):
     state = perturb(load_state_dict(case.with_suffix(".npz")))
     with pytest.raises(AssertionError, match=r"max abs diff .*, scale .*, relative diff .*, allowed"):

@@ -22,7 +22,7 @@ from axial_tf.data.inference import (
     decode_image,
     encoded_image_header,
 )
-from axial_tf.export.serving import (
+from axial_tf.experiment.serving.base import (
     IMAGE_BYTES_SPEC,
     IMAGES_SPEC,
     SERVING_DEFAULT,
@@ -102,6 +102,7 @@ DECODABLE = {
 
 
 @pytest.mark.parametrize("name", sorted(DECODABLE))
+@pytest.mark.sweep
 def test_header_size_is_the_decoded_size(name):
     format_index, size, pixels = header_of(DECODABLE[name])
     assert ENCODED_IMAGE_FORMATS[format_index] in name
@@ -226,6 +227,7 @@ REFUSED = {
 
 @pytest.mark.parametrize("loader", ["tf2", "tf1"])
 @pytest.mark.parametrize("case", sorted(REFUSED))
+@pytest.mark.full
 def test_bad_requests_are_invalid_argument_naming_the_input(served, loader, case):
     signature, name, value, message = REFUSED[case]
     with pytest.raises(tf.errors.InvalidArgumentError) as raised:
@@ -234,6 +236,7 @@ def test_bad_requests_are_invalid_argument_naming_the_input(served, loader, case
 
 
 @pytest.mark.parametrize("loader", ["tf2", "tf1"])
+@pytest.mark.full
 def test_requests_within_the_limit_pass(served, loader):
     assert served[loader](SERVING_DEFAULT, "images", np.zeros([2, 100, 100, 3], np.uint8)) == 2 * 100 * 100 * 3
     # Padded to 80x80: 3 x 6400 pixels.

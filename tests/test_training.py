@@ -23,6 +23,7 @@ from training_helpers import (
 )
 
 
+@pytest.mark.full
 def test_default_and_mirrored_two_replicas_train_the_same(tmp_path):
     # SGD: Adam's first steps are ~lr * sign(gradient), which turns round-off in
     # near-zero gradients (summed in another order across replicas) into lr-sized changes.
@@ -48,6 +49,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.full
 def test_multi_worker_mirrored_two_local_workers(tmp_path):
     ports = [_free_port(), _free_port()]
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
@@ -65,6 +67,7 @@ def test_multi_worker_mirrored_two_local_workers(tmp_path):
     assert (tmp_path / "run" / "config.yaml").exists()
 
 
+@pytest.mark.full
 def test_resume_after_sigkill_is_exact(tmp_path):
     overrides = ("training.steps=8", "training.checkpoint_interval=2")
     run_training(TINY_PANOPTIC, tmp_path / "straight", *overrides)
@@ -87,6 +90,7 @@ def test_resume_after_sigkill_is_exact(tmp_path):
 
 
 @pytest.mark.parametrize("in_order", [False, True])
+@pytest.mark.full
 def test_gradient_sums_are_not_rewritten_into_arrival_order_accumulation(tmp_path, in_order):
     # Grappler's memory optimizer turns a 3-input AddN over large tensors into a temporary
     # variable accumulated in whatever order the inputs finish (the source of run-to-run
@@ -114,6 +118,7 @@ sum_of_three(tf.zeros([4096, 4096]))
     assert ('op: "AddN"' in graph) == in_order
 
 
+@pytest.mark.full
 def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path):
     result = run_training(TINY_PANOPTIC, tmp_path / "nan", "training.steps=30", "optimizer.name=sgd",
                           "optimizer.learning_rate=1e30", "optimizer.momentum=0.0", check=False)
@@ -127,6 +132,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path):
     assert all(np.isfinite(v).all() for v in weights.values())
 
 
+@pytest.mark.full
 def test_config_errors_are_reported_without_traceback(tmp_path):
     result = run_training(TINY_PANOPTIC, tmp_path / "bad", "training.stepz=3", check=False)
     assert result.returncode != 0
@@ -141,6 +147,7 @@ def train_and_eval_run(tmp_path_factory):
     return model_dir, run_training(TINY_PANOPTIC, model_dir, "evaluation.interval=2", extra=["--mode", "train_and_eval"])
 
 
+@pytest.mark.full
 def test_train_and_eval_writes_metrics_and_summaries(train_and_eval_run):
     model_dir, result = train_and_eval_run
     metrics = json.loads((model_dir / "eval" / "metrics.json").read_text())
@@ -151,10 +158,11 @@ def test_train_and_eval_writes_metrics_and_summaries(train_and_eval_run):
     assert "Evaluation at step 2" in result.stdout
 
 
+@pytest.mark.full
 def test_evaluate_tool_reproduces_the_trainer_metrics(train_and_eval_run, tmp_path):
     """tools/evaluate.py on a model dir and on a .keras file gives the trainer's own evaluation."""
-    from axial_tf.export import load_model
-    from axial_tf.training.config import load_config
+    from axial_tf.experiment.checkpoints import load_model
+    from axial_tf.experiment.config import load_config
 
     model_dir, _ = train_and_eval_run
     trained = json.loads((model_dir / "eval" / "metrics.json").read_text())
@@ -210,6 +218,7 @@ evaluation: {{batch_size: 4, metrics: [top1, top5]}}
     return config
 
 
+@pytest.mark.full
 def test_classification_default_and_mirrored_and_eval(tmp_path):
     config = _tiny_classification_config(tmp_path)
     run_training(config, tmp_path / "one", extra=["--cpu_devices", "2"])
@@ -223,7 +232,7 @@ def test_classification_default_and_mirrored_and_eval(tmp_path):
 
 
 def test_tiny_axial_deeplab_loss_falls(tmp_path):
-    from axial_tf.training.config import load_config
+    from axial_tf.experiment.config import load_config
     from axial_tf.training.trainer import Trainer
 
     config = load_config(TINY_PANOPTIC, overrides=[

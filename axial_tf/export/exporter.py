@@ -5,54 +5,10 @@ import os
 import tensorflow as tf
 
 import axial_tf
-from axial_tf.export.classification import ClassificationServingModule
-from axial_tf.export.loading import (
-    dataset_info_from_config,
-    inference_preprocessor_from_config,
-    load_model,
-    postprocess_options_from_config,
-)
-from axial_tf.export.panoptic import PanopticServingModule
+from axial_tf.experiment.checkpoints import load_model
+from axial_tf.experiment.serving.base import DEFAULT_MAX_MEGAPIXELS, max_pixels_from_megapixels
+from axial_tf.experiment.tasks import task_class, task_for_config, task_of_model
 from axial_tf.export.saved_model import check_output_dir, resolve_export_dir, staged_export, write_saved_model
-from axial_tf.export.serving import DEFAULT_MAX_MEGAPIXELS, max_pixels_from_megapixels
-
-DEFAULT_CLASSIFICATION_IMAGE_SIZE = 224
-
-
-def is_classifier(model):
-    """Whether `model` is an `AxialResNetClassifier` (else an `AxialDeepLab`)."""
-    from axial_tf.models.classifier import AxialResNetClassifier
-
-    return isinstance(model, AxialResNetClassifier)
-
-
-def serving_module_from_config(model, config, info=None, top_k=5, max_megapixels=DEFAULT_MAX_MEGAPIXELS):
-    """Wraps `model` with the pre- and post-processing its experiment evaluates with.
-
-    Args:
-        model: The experiment's `AxialDeepLab` or `AxialResNetClassifier`.
-        config: Its `ExperimentConfig`.
-        info: Its dataset descriptor (default: read with `dataset_info_from_config`).
-        top_k: Classes returned per image (classification).
-        max_megapixels: Most pixels (millions) of one request.
-
-    Returns:
-        A `PanopticServingModule` or `ClassificationServingModule`.
-    """
-    info = info or dataset_info_from_config(config)
-    if config.model.task == "classification":
-        return ClassificationServingModule(
-            model, image_size=config.data.crop_size[0], top_k=top_k, class_names=info.class_names,
-            max_megapixels=max_megapixels,
-        )
-    return PanopticServingModule(
-        model,
-        postprocess_options_from_config(config, info),
-        inference_preprocessor_from_config(config),
-        scales=config.evaluation.eval_scales,
-        flip=config.evaluation.flip,
-        max_megapixels=max_megapixels,
-    )
 
 
 def signature_contract(module):
@@ -76,47 +32,12 @@ def signature_contract(module):
     return contract
 
 
-def label_space_info(module, info=None):
-    """What a client needs to read a module's outputs: task, class names, label encoding.
-
-    Args:
-        module: A `PanopticServingModule` or `ClassificationServingModule`.
-        info: The dataset descriptor (panoptic: required for the class names).
-
-    Returns:
-        A JSON-serialisable dict.
-    """
-    if isinstance(module, ClassificationServingModule):
-        return {
-            "task": "classification",
-            "class_names": list(module.class_names),
-            "image_size": module.image_size,
-            "top_k": module.top_k,
-            "max_megapixels": module.max_megapixels,
-        }
-    options = module.postprocess_options
-    preprocessor = module.preprocessor
-    return {
-        "task": "panoptic",
-        "class_names": list(info.class_names),
-        "thing_class_ids": list(options.thing_class_ids),
-        "label_divisor": options.label_divisor,
-        "void_label": options.void_label,
-        "postprocessing": options.to_dict(),
-        "input_size": list(preprocessor.size),
-        "resize_policy": preprocessor.resize_policy,
-        "eval_scales": list(module.scales),
-        "flip": module.flip,
-        "max_megapixels": module.max_megapixels,
-    }
-
-
 def export_info(module, info=None, source=None):
     """The `axial_tf_export.json` metadata: `label_space_info` plus the signature contract.
 
     Args:
-        module: A `PanopticServingModule` or `ClassificationServingModule`.
-        info: The dataset descriptor (panoptic: required for the class names).
+        module: A serving module of a task (`Task.serving_module`).
+        info: The dataset descriptor (dense tasks: required for the class names).
         source: What the weights came from (checkpoint or `.keras` path).
 
     Returns:
@@ -125,7 +46,7 @@ def export_info(module, info=None, source=None):
     return {
         "axial_tf_version": axial_tf.__version__,
         "source": source,
-        **label_space_info(module, info),
+        **module.label_space(info),
         "signatures": signature_contract(module),
     }
 
@@ -166,8 +87,8 @@ def build_serving_module(
     """Loads a trained model and wraps it in its serving module.
 
     Args:
-        config: The `ExperimentConfig` (required for panoptic models and for
-            checkpoints; optional for a classification `.keras` model).
+        config: The `ExperimentConfig` (required for checkpoints and for the
+            dense tasks; optional for a classification `.keras` model).
         model_dir: Training model directory (its latest checkpoint).
         checkpoint: Checkpoint prefix or directory (or a `.keras` file).
         keras_model: A `.keras` file.
@@ -181,22 +102,16 @@ def build_serving_module(
         descriptor (None for a classifier exported without config).
 
     Raises:
-        ValueError: A panoptic model without config, or bad sources.
+        ValueError: A dense model without config, or bad sources.
         FileNotFoundError: A missing model directory, checkpoint or file.
     """
     _check_sources(config, model_dir, checkpoint, keras_model)
     model = load_model(config, model_dir=model_dir, checkpoint=checkpoint, keras_model=keras_model)
     if config is not None:
-        info = dataset_info_from_config(config)
-        module = serving_module_from_config(model, config, info=info, top_k=top_k, max_megapixels=max_megapixels)
-        return module, info
-    if not is_classifier(model):
-        raise ValueError(
-            f"The panoptic model {keras_model or checkpoint} needs its experiment config (--config): the dataset's "
-            "thing classes, label divisor, input size and post-processing are not stored in a .keras file."
-        )
-    module = ClassificationServingModule(
-        model, image_size=image_size or DEFAULT_CLASSIFICATION_IMAGE_SIZE, top_k=top_k, max_megapixels=max_megapixels
+        task = task_for_config(config)
+        return task.serving_module(model, top_k=top_k, max_megapixels=max_megapixels), task.info
+    module = task_class(task_of_model(model)).serving_module_without_config(
+        model, top_k=top_k, image_size=image_size, max_megapixels=max_megapixels
     )
     return module, None
 

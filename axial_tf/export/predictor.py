@@ -14,13 +14,17 @@ import PIL.Image
 import tensorflow as tf
 
 from axial_tf.data.inference import ENCODED_IMAGE_FORMATS, decode_image, encoded_image_header
-from axial_tf.utils.errors import error_line
-from axial_tf.export.exporter import build_serving_module, label_space_info
+from axial_tf.experiment.serving.base import (
+    DEFAULT_MAX_MEGAPIXELS,
+    IMAGES_INPUT,
+    SERVING_DEFAULT,
+    max_pixels_from_megapixels,
+)
+from axial_tf.export.exporter import build_serving_module
 from axial_tf.export.saved_model import read_export_info, resolve_saved_model
-from axial_tf.export.serving import DEFAULT_MAX_MEGAPIXELS, IMAGES_INPUT, SERVING_DEFAULT, max_pixels_from_megapixels
+from axial_tf.utils.errors import error_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-LABEL_FORMATS = ("png", "npy")
 # `read_downscaled_image_file` decodes images of up to this many times the limit (PIL holds ~4 bytes a pixel).
 DOWNSCALE_MAX_FACTOR = 8
 # The header parser walks a GIF's blocks in a loop: traced once, it runs as one graph.
@@ -210,7 +214,7 @@ class Predictor:
     Args:
         function: Callable taking uint8 [1, H, W, 3] (keyword `images`) and
             returning a dict of tensors.
-        info: `label_space_info` dict (task, class names, label encoding).
+        info: The serving module's `label_space` dict (task, class names, label encoding).
         owner: Object that must outlive `function` (the loaded SavedModel
             whose variables the signature reads).
 
@@ -227,7 +231,7 @@ class Predictor:
 
     @property
     def task(self):
-        """"panoptic" or "classification"."""
+        """The name of the model's task ("panoptic", "semantic" or "classification")."""
         return self.info["task"]
 
     @property
@@ -265,7 +269,7 @@ class Predictor:
             config, model_dir=model_dir, checkpoint=checkpoint, keras_model=keras_model, top_k=top_k,
             image_size=image_size, max_megapixels=max_megapixels,
         )
-        return cls(module.signature_function(SERVING_DEFAULT), label_space_info(module, dataset_info))
+        return cls(module.signature_function(SERVING_DEFAULT), module.label_space(dataset_info))
 
     def __call__(self, image):
         """Predictions for one uint8 RGB image [H, W, 3], as NumPy arrays without the batch dim."""
@@ -274,67 +278,3 @@ class Predictor:
             raise ValueError(f"Expected a uint8 RGB image [H, W, 3], got {image.dtype} {image.shape}.")
         outputs = self._function(**{IMAGES_INPUT: tf.constant(image[np.newaxis])})
         return {name: value.numpy()[0] for name, value in outputs.items()}
-
-
-def write_panoptic_prediction(outputs, image, output_base, info, file_format="png", overlay=False, alpha=0.5):
-    """Writes one image's panoptic prediction files.
-
-    Files (`output_base` + suffix):
-      - "png": `_panoptic.png`, the panoptic label RGB-encoded as COCO
-        encodes ids (label = R + 256 G + 256^2 B, see
-        `visualization.encode_panoptic_rgb`), and `_semantic.png`, the 8-bit
-        semantic class map;
-      - "npy": `_panoptic.npy` and `_semantic.npy`, int32 [H, W];
-      - with `overlay`: `_overlay.png`, the image with stable class colours
-        (shaded per instance) and instance outlines.
-
-    Args:
-        outputs: One image's `serving_default` outputs (no batch dim).
-        image: The uint8 [H, W, 3] input image.
-        output_base: Path prefix of the files.
-        info: `label_space_info` dict (class names, label divisor, void label).
-        file_format: One of LABEL_FORMATS.
-        overlay: Also write the colourised overlay.
-        alpha: Opacity of the overlay colours.
-
-    Returns:
-        List of the written paths.
-    """
-    from axial_tf.utils import visualization
-
-    if file_format not in LABEL_FORMATS:
-        raise ValueError(f"file_format must be one of {LABEL_FORMATS}, got {file_format!r}.")
-    panoptic = outputs["panoptic_pred"]  # [H, W] int32
-    semantic = outputs["semantic_pred"]  # [H, W] int32
-    written = []
-    if file_format == "png":
-        encoded = {
-            "panoptic": tf.io.encode_png(visualization.encode_panoptic_rgb(panoptic)),
-            "semantic": tf.io.encode_png(semantic.astype(np.uint8)[..., np.newaxis]),
-        }
-        for name, png in encoded.items():
-            written.append(f"{output_base}_{name}.png")
-            tf.io.write_file(written[-1], png)
-    else:
-        for name, value in (("panoptic", panoptic), ("semantic", semantic)):
-            written.append(f"{output_base}_{name}.npy")
-            with tf.io.gfile.GFile(written[-1], "wb") as stream:
-                np.save(stream, value.astype(np.int32))
-    if overlay:
-        palette = visualization.class_palette(len(info["class_names"]), info["class_names"])
-        blended = visualization.overlay_panoptic(
-            image, panoptic, info["label_divisor"], palette, void_label=info["void_label"], alpha=alpha
-        )
-        written.append(f"{output_base}_overlay.png")
-        tf.io.write_file(written[-1], tf.io.encode_png(blended))
-    return written
-
-
-def classification_record(outputs, path):
-    """The JSON-ready record of one classified image: file, top-k ids, names and probabilities."""
-    return {
-        "file": os.fspath(path),
-        "classes": outputs["classes"].tolist(),
-        "class_names": [name.decode() for name in outputs["class_names"].tolist()],
-        "probabilities": [float(p) for p in outputs["probabilities"]],
-    }

@@ -19,9 +19,10 @@ import os
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
+from axial_tf.experiment.checkpoints import CHECKPOINT_SUBDIR
+from axial_tf.experiment.config import CONFIG_FILENAME
+from axial_tf.layers.runtime import runtime_settings
 from axial_tf.utils.errors import error_line
-from axial_tf.export.loading import CHECKPOINT_SUBDIR
-from axial_tf.training.config import CONFIG_FILENAME
 
 EXPORT_INFO_FILENAME = "axial_tf_export.json"
 EXPORT_INFO_DIR = "assets.extra"
@@ -233,13 +234,17 @@ def _move_into_place(staging, output_dir):
 def write_saved_model(module, saved_model_dir, export_info):
     """Writes `module`'s serving signatures and the export metadata into an empty folder.
 
+    The graphs are traced without CPU row-band convolutions (`runtime_settings(max_im2col_elements=None)`),
+    so an export holds only the model's math, whatever machine exports it.
+
     Args:
-        module: A `PanopticServingModule` or `ClassificationServingModule`.
+        module: A task's serving module.
         saved_model_dir: The folder to write (e.g. from `staged_export`).
         export_info: JSON-serialisable dict written to `assets.extra`.
     """
     saved_model_dir = os.fspath(saved_model_dir)
-    tf.saved_model.save(module, saved_model_dir, signatures=module.signatures())
+    with runtime_settings(max_im2col_elements=None):
+        tf.saved_model.save(module, saved_model_dir, signatures=module.signatures())
     info = {"format_version": EXPORT_FORMAT_VERSION, **export_info}
     tf.io.gfile.makedirs(os.path.dirname(export_info_path(saved_model_dir)))
     with tf.io.gfile.GFile(export_info_path(saved_model_dir), "w") as stream:

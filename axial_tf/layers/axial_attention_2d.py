@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from axial_tf.layers.axial_attention import AxialAttention
+from axial_tf.layers.runtime import drop_retired_arguments
 
 
 def _pair(value, name):
@@ -49,8 +50,8 @@ class AxialAttention2D(keras.layers.Layer):
         strides: output stride (subsampling after each pass; default 1).
         stride_mode: "subsample" (DeepLab2) or "average_pool" (PyTorch reference).
         **kwargs: further `AxialAttention` arguments (e.g. `max_span`,
-            `sync_batch_norm`, `query_block_size`) shared by both passes, and
-            standard layer arguments (`name`, `dtype`).
+            `sync_batch_norm`, `query_block_size`, `implementation`) shared by both
+            passes, and standard layer arguments (`name`, `dtype`).
 
     Example:
     >>> layer = AxialAttention2D(filters=16, num_heads=4, strides=2)
@@ -68,6 +69,7 @@ class AxialAttention2D(keras.layers.Layer):
         stride_mode="subsample",
         **kwargs,
     ):
+        drop_retired_arguments(kwargs)
         layer_kwargs = {k: kwargs.pop(k) for k in ("name", "dtype", "trainable") if k in kwargs}
         super().__init__(**layer_kwargs)
         if strides < 1:
@@ -111,7 +113,7 @@ class AxialAttention2D(keras.layers.Layer):
         """Height pass then width pass, subsampling by `strides` after each."""
         batch, width = ops.shape(inputs)[0], ops.shape(inputs)[2]
         # Height pass: attends along axis 1, every column a sequence (no transpose of the
-        # image: see AxialAttention._attends_in_place).
+        # image: see attention_layouts.attends_in_place).
         columns = _subsample(self.height_axis(inputs, training=training), strides)  # [B, H', W, Dv]
         height = ops.shape(columns)[1]
         # Width pass: every row is a sequence along W.

@@ -6,6 +6,7 @@ from keras import ops
 from axial_tf.layers.axial_attention_2d import AxialAttention2D
 from axial_tf.layers.conv_bn import ConvBN
 from axial_tf.layers.drop_path import DropPath
+from axial_tf.layers.runtime import drop_retired_arguments
 
 
 @keras.saving.register_keras_serializable(package="axial_tf")
@@ -34,7 +35,8 @@ class AxialBlock(keras.layers.Layer):
             (default `dilation_rate`). When the block's stride is replaced by
             atrous convolution, that conv works at the doubled rate.
         attention: `None` for convolutional blocks, or a dict of `AxialAttention2D`
-            arguments (e.g. `{"num_heads": 8, "span": None}`) for axial blocks.
+            arguments (e.g. `{"num_heads": 8, "span": None}`, or with
+            `"implementation": "reference"`) for axial blocks.
         drop_path_keep_prob: stochastic-depth keep probability of the branch.
         batch_norm_momentum: BN momentum.
         batch_norm_epsilon: BN epsilon.
@@ -70,6 +72,8 @@ class AxialBlock(keras.layers.Layer):
         self.dilation_rate = int(dilation_rate)
         self.second_dilation_rate = int(second_dilation_rate or dilation_rate)
         self.attention = dict(attention) if attention is not None else None
+        if self.attention is not None:
+            drop_retired_arguments(self.attention)
         self.drop_path_keep_prob = float(drop_path_keep_prob)
         self.batch_norm_momentum = batch_norm_momentum
         self.batch_norm_epsilon = batch_norm_epsilon

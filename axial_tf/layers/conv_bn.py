@@ -3,16 +3,9 @@
 import keras
 from keras import ops
 
+from axial_tf.layers import runtime
 from axial_tf.layers.fused_batch_norm import FusedBatchNormalization
 from axial_tf.utils.shapes import ceil_div
-
-# Bound on `in_channels * k^2 * out_height * out_width` of one convolution call
-# (64 Mi elements, 256 MB as float32 im2col). TensorFlow's oneDNN kernels compute a
-# dense convolution through an im2col buffer and, when it would pass 1 GB, fall back
-# to a reference kernel that is ~50x slower (AVX2 CPUs, a 64 -> 128 3x3 conv at
-# 513 x 1025: minutes instead of seconds). Larger inputs are convolved as a batch
-# of row bands below the bound instead.
-DEFAULT_MAX_IM2COL_ELEMENTS = 2**26
 
 
 def effective_kernel_size(kernel_size, dilation_rate):
@@ -40,6 +33,11 @@ class ConvBN(keras.layers.Layer):
     padding, so outputs are `ceil(H / s)` and aligned as in DeepLab2; stride 1
     uses "same" padding, which is identical.
 
+    On TensorFlow with oneDNN on the CPU, a dense convolution whose im2col buffer would
+    exceed the runtime setting `max_im2col_elements` runs as one call on a batch of
+    overlapping row bands (same result; `runtime.py` says why). Elsewhere (GPU, other
+    backends, oneDNN off) it is always one call, and the graph holds nothing else.
+
     Args:
         filters: output channels (ignored when `depthwise=True`).
         kernel_size: square kernel size.
@@ -53,9 +51,6 @@ class ConvBN(keras.layers.Layer):
         sync_batch_norm: synchronised BN across replicas.
         gamma_initializer: BN gamma initializer ("zeros" for the last BN of a
             residual branch, so each block starts as the identity).
-        max_im2col_elements: a dense convolution whose `in_channels * k^2 *
-            out_height * out_width` exceeds this runs on row bands (see
-            `DEFAULT_MAX_IM2COL_ELEMENTS`). It changes speed and memory, never the result.
         **kwargs: standard layer arguments.
 
     Example:
@@ -76,14 +71,12 @@ class ConvBN(keras.layers.Layer):
         batch_norm_epsilon=1e-3,
         sync_batch_norm=False,
         gamma_initializer="ones",
-        max_im2col_elements=DEFAULT_MAX_IM2COL_ELEMENTS,
         **kwargs,
     ):
+        runtime.drop_retired_arguments(kwargs)
         super().__init__(**kwargs)
         if strides > 1 and dilation_rate > 1:
             raise ValueError(f"{self.name}: strides={strides} and dilation_rate={dilation_rate} cannot both exceed 1.")
-        if max_im2col_elements < 1:
-            raise ValueError(f"{self.name}: max_im2col_elements must be positive, got {max_im2col_elements}.")
         self.filters = filters
         self.kernel_size = int(kernel_size)
         self.strides = int(strides)
@@ -95,7 +88,6 @@ class ConvBN(keras.layers.Layer):
         self.batch_norm_epsilon = batch_norm_epsilon
         self.sync_batch_norm = sync_batch_norm
         self.gamma_initializer = gamma_initializer
-        self.max_im2col_elements = int(max_im2col_elements)
         self.explicit_padding = self.strides > 1 and self.kernel_size > 1
         conv_args = dict(
             kernel_size=self.kernel_size,
@@ -140,10 +132,12 @@ class ConvBN(keras.layers.Layer):
         def whole():  # one call of the Keras layer
             return self.conv(self._pad(inputs) if self.explicit_padding else inputs)
 
-        if self.depthwise or self.kernel_size == 1:  # no im2col buffer to bound
+        bound = runtime.get_runtime_settings().max_im2col_elements
+        # Depthwise and 1x1 convolutions have no im2col buffer; only oneDNN's CPU kernels need the bound.
+        if self.depthwise or self.kernel_size == 1 or bound is None or not runtime.convolutions_on_onednn_cpu():
             return whole()
         out_rows, out_cols = (ceil_div(size, self.strides) for size in ops.shape(inputs)[1:3])
-        band = self.max_im2col_elements // (inputs.shape[-1] * self.kernel_size**2 * out_cols)
+        band = bound // (inputs.shape[-1] * self.kernel_size**2 * out_cols)
         band = max(band, 1) if isinstance(band, int) else ops.maximum(band, 1)  # output rows per band
 
         def banded():
@@ -197,5 +191,4 @@ class ConvBN(keras.layers.Layer):
             "batch_norm_epsilon": self.batch_norm_epsilon,
             "sync_batch_norm": self.sync_batch_norm,
             "gamma_initializer": self.gamma_initializer,
-            "max_im2col_elements": self.max_im2col_elements,
         }

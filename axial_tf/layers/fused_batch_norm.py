@@ -19,7 +19,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     of their gradients: about a dozen passes over the activations. TensorFlow's
     `FusedBatchNormV3` (oneDNN's kernel when oneDNN is on) does the forward and the
     backward in one op each, about half the time at the projection shapes of
-    axial-attention (BUILD_NOTES.md, "Speed"). The fused path is taken in
+    axial-attention (docs/performance.md, "Fused batch norms in training"). The fused path is taken in
     training for channels-last, unmasked, non-renorm use on the TensorFlow backend,
     unless statistics are synchronised over several replicas; everything else, and
     inference, is Keras' own code. Same variables, same moving-average update (with

@@ -11,17 +11,17 @@ from axial_tf.models.axial_resnet import (
 from axial_tf.models.axial_deeplab import AxialDeepLab
 from axial_tf.models.backbone_registry import backbone_config, get_backbone, list_backbones
 from axial_tf.models.classifier import AxialResNetClassifier
-from axial_tf.models.factory import build_model
+from axial_tf.models.semantic_deeplab import AxialSemanticDeepLab
 
 __all__ = [
     "AxialDeepLab",
     "AxialResNet",
     "AxialResNetClassifier",
+    "AxialSemanticDeepLab",
     "BlockGroup",
     "InceptionStem",
     "SymmetricMaxPool2D",
     "backbone_config",
-    "build_model",
     "endpoint_strides",
     "get_backbone",
     "list_backbones",

@@ -4,8 +4,7 @@ import keras
 from keras import ops
 
 from axial_tf.layers import resize_bilinear_align_corners
-from axial_tf.models.axial_resnet import AxialResNet
-from axial_tf.models.backbone_registry import get_backbone
+from axial_tf.models.backbone_registry import resolve_backbone
 from axial_tf.models.panoptic_decoder import PanopticDecoderBranch, PredictionHead
 
 SEMANTIC_DECODER_DEFAULTS = dict(
@@ -53,7 +52,8 @@ class ResizeToInput(keras.layers.Layer):
         return {"semantic_logits": semantic, "center_heatmap": center[..., 0], "offset_map": offset}
 
 
-def _decoder_settings(overrides, defaults):
+def decoder_settings(overrides, defaults):
+    """`defaults` updated by `overrides`, checked: known keys only, one low-level width per feature."""
     settings = {**defaults, **(overrides or {})}
     unknown = sorted(set(settings) - set(defaults))
     if unknown:
@@ -108,14 +108,9 @@ class AxialDeepLab(keras.Model):
         sync_batch_norm=False,
         **kwargs,
     ):
-        if isinstance(backbone, str):
-            backbone = get_backbone(backbone, **(backbone_overrides or {}))
-        elif backbone_overrides:
-            raise ValueError("backbone_overrides apply only when backbone is given by name.")
-        if not isinstance(backbone, AxialResNet):
-            raise ValueError(f"backbone must be an AxialResNet or a registry name, got {type(backbone).__name__}.")
-        semantic = _decoder_settings(semantic_decoder, SEMANTIC_DECODER_DEFAULTS)
-        instance = _decoder_settings(instance_decoder, INSTANCE_DECODER_DEFAULTS)
+        backbone = resolve_backbone(backbone, backbone_overrides)
+        semantic = decoder_settings(semantic_decoder, SEMANTIC_DECODER_DEFAULTS)
+        instance = decoder_settings(instance_decoder, INSTANCE_DECODER_DEFAULTS)
         bn = dict(batch_norm_momentum=batch_norm_momentum, batch_norm_epsilon=batch_norm_epsilon,
                   sync_batch_norm=sync_batch_norm)
 
@@ -183,5 +178,5 @@ class AxialDeepLab(keras.Model):
         return cls(**config)
 
 
-def _jsonable(settings):
+def _jsonable(settings):  # tuples as lists, as JSON round-trips them
     return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}

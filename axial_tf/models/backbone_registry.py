@@ -18,7 +18,9 @@ _SWIDERNET = dict(
     drop_path_keep_prob=0.8,
     drop_path_beyond_stride=4,
 )
-_WIDE_ATTENTION = dict(
+# Axial-SWideRNet: the last two stages of SWideRNet made of axial-attention blocks.
+_AXIAL_SWIDERNET = dict(
+    _SWIDERNET,
     use_axial_beyond_stride=16,
     attention_bottleneck_expansion=4,
     attention={"key_expansion": 2, "value_expansion": 4},
@@ -41,14 +43,31 @@ BACKBONES = {
         stem_type="resnet_beta", use_axial_beyond_stride=16, drop_path_keep_prob=0.8, drop_path_beyond_stride=16
     ),
     "swidernet": _SWIDERNET,
-    "axial_swidernet": dict(_SWIDERNET, **_WIDE_ATTENTION),
+    "axial_swidernet": _AXIAL_SWIDERNET,
+    # SWideRNet-(w1, w2, l) of Chen et al. 2020: stem width, backbone width and layer multipliers.
+    # DeepLab2 sets them on "swidernet"/"axial_swidernet" in each experiment; the axial names are
+    # its config names (configs/cityscapes/axial_deeplab/axial_swidernet_1_1_3_os16.textproto).
+    "swidernet_1_1_1": dict(
+        _SWIDERNET, stem_width_multiplier=1.0, width_multiplier=1.0, backbone_layer_multiplier=1.0
+    ),
+    "swidernet_1_1_3": dict(
+        _SWIDERNET, stem_width_multiplier=1.0, width_multiplier=1.0, backbone_layer_multiplier=3.0
+    ),
+    "swidernet_1_1_4.5": dict(
+        _SWIDERNET, stem_width_multiplier=1.0, width_multiplier=1.0, backbone_layer_multiplier=4.5
+    ),
+    "axial_swidernet_1_1_1": dict(
+        _AXIAL_SWIDERNET, stem_width_multiplier=1.0, width_multiplier=1.0, backbone_layer_multiplier=1.0
+    ),
+    "axial_swidernet_1_1_3": dict(
+        _AXIAL_SWIDERNET, stem_width_multiplier=1.0, width_multiplier=1.0, backbone_layer_multiplier=3.0
+    ),
+    "axial_swidernet_1_1_4.5": dict(
+        _AXIAL_SWIDERNET, stem_width_multiplier=1.0, width_multiplier=1.0, backbone_layer_multiplier=4.5
+    ),
     # Axial-SWideRNet-(1, 1, 1) followed by one stack of the stacked decoder (DeepLab2's MaXDeepLabLBackbone).
-    "max_deeplab_l_backbone": dict(_SWIDERNET, **_WIDE_ATTENTION, backbone_decoder_num_stacks=1),
+    "max_deeplab_l_backbone": dict(_AXIAL_SWIDERNET, backbone_decoder_num_stacks=1),
 }
-# SWideRNet-(w1, w2, l): stem width, backbone width and layer multipliers.
-for _base in ("swidernet", "axial_swidernet"):
-    for _tag, _layers in (("1_1_1", 1.0), ("1_1_3", 3.0), ("1_1_4.5", 4.5)):
-        BACKBONES[f"{_base}_{_tag}"] = dict(BACKBONES[_base], backbone_layer_multiplier=_layers)
 
 
 def list_backbones():
@@ -79,3 +98,22 @@ def backbone_config(name, **overrides):
 def get_backbone(name, **overrides):
     """Builds a named backbone, e.g. `get_backbone("axial_resnet_s", output_stride=8)`."""
     return AxialResNet(name=name, **backbone_config(name, **overrides))
+
+
+def resolve_backbone(backbone, overrides=None):
+    """The backbone of a task model: an `AxialResNet` as given, or the registry's of that name.
+
+    Args:
+        backbone: an `AxialResNet`, or a registry name.
+        overrides: `AxialResNet` settings, only with a name.
+
+    Raises:
+        ValueError: overrides with a built backbone, or neither an `AxialResNet` nor a name.
+    """
+    if isinstance(backbone, str):
+        return get_backbone(backbone, **(overrides or {}))
+    if overrides:
+        raise ValueError("backbone_overrides apply only when backbone is given by name.")
+    if not isinstance(backbone, AxialResNet):
+        raise ValueError(f"backbone must be an AxialResNet or a registry name, got {type(backbone).__name__}.")
+    return backbone

@@ -3,8 +3,7 @@
 import keras
 from keras import ops
 
-from axial_tf.models.axial_resnet import AxialResNet
-from axial_tf.models.backbone_registry import get_backbone
+from axial_tf.models.backbone_registry import resolve_backbone
 
 # torchvision's ImageNet statistics, used by the PyTorch reference (csrhddlam/axial-deeplab).
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
@@ -94,12 +93,7 @@ class AxialResNetClassifier(keras.Model):
         input_normalization="symmetric",
         **kwargs,
     ):
-        if isinstance(backbone, str):
-            backbone = get_backbone(backbone, **(backbone_overrides or {}))
-        elif backbone_overrides:
-            raise ValueError("backbone_overrides apply only when backbone is given by name.")
-        if not isinstance(backbone, AxialResNet):
-            raise ValueError(f"backbone must be an AxialResNet or a registry name, got {type(backbone).__name__}.")
+        backbone = resolve_backbone(backbone, backbone_overrides)
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}.")
         if not 0.0 <= dropout < 1.0:

@@ -41,7 +41,7 @@ def _deeplab2_config_from_experiment(path):
     """The axial_tf config of a DeepLab2 experiment file, printing what it cannot express."""
     from axial_tf.checkpoints.deeplab2_converter import convert_experiment
     from axial_tf.checkpoints.textproto import read_textproto
-    from axial_tf.training.config import config_from_dict
+    from axial_tf.experiment.config import config_from_dict
 
     conversion = convert_experiment(read_textproto(path), source=path)
     for note in conversion.notes:
@@ -52,9 +52,9 @@ def _deeplab2_config_from_experiment(path):
 def _convert_deeplab2():
     """`{output path: writer}` of a DeepLab2 checkpoint (the model, and its YAML config if converted)."""
     from axial_tf.checkpoints.deeplab2_converter import load_deeplab2_checkpoint
-    from axial_tf.models.factory import build_model
-    from axial_tf.training import config_sources
-    from axial_tf.training.config import config_to_dict, load_config
+    from axial_tf.experiment import config_sources
+    from axial_tf.experiment.config import config_to_dict, load_config
+    from axial_tf.experiment.tasks import build_model
 
     if bool(FLAGS.deeplab2_config) == bool(FLAGS.config):
         raise ValueError("Give exactly one of --deeplab2_config and --config.")
@@ -62,7 +62,7 @@ def _convert_deeplab2():
         config = _deeplab2_config_from_experiment(FLAGS.deeplab2_config)
     else:
         config = load_config(FLAGS.config)
-    model = build_model(config.model)
+    model = build_model(config, sync_batch_norm=False)
     report = load_deeplab2_checkpoint(model, FLAGS.checkpoint, strict=not FLAGS.allow_missing)
     print(f"Restored {report['restored']} variables from {FLAGS.checkpoint}.")
     for key in ("missing", "unused"):

@@ -69,8 +69,8 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     from axial_tf.export import export_model  # axial_tf before TensorFlow: it sets the oneDNN default
-    from axial_tf.training.config import ConfigError, load_config, shipped_config
-    from axial_tf.training.model_dir import ModelDirError
+    from axial_tf.experiment.config import ConfigError, load_config, shipped_config
+    from axial_tf.utils.files import ModelDirError
     from axial_tf.training.trainer import Trainer, TrainingDivergedError
 
     import tensorflow as tf

@@ -38,11 +38,10 @@ def main(argv):
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)
-    from axial_tf.export.loading import restore_weights
-    from axial_tf.training.config import ConfigError, load_config
-    from axial_tf.training.model_dir import ModelDirError
+    from axial_tf.experiment.config import ConfigError, load_config
+    from axial_tf.training.evaluator import Evaluator
     from axial_tf.training.strategies import get_strategy
-    from axial_tf.training.trainer import Trainer
+    from axial_tf.utils.files import ModelDirError
 
     if not FLAGS.config or bool(FLAGS.model_dir) == bool(FLAGS.checkpoint):
         raise app.UsageError("Give --config and exactly one of --model_dir and --checkpoint.")
@@ -50,12 +49,9 @@ def main(argv):
         config = load_config(FLAGS.config, overrides=FLAGS.override)
         model_dir = FLAGS.model_dir or os.path.dirname(os.path.abspath(FLAGS.checkpoint))
         output_dir = FLAGS.output_dir or os.path.join(model_dir, "eval")
-        trainer = Trainer(config, model_dir, get_strategy(FLAGS.strategy or config.training.strategy))
-        # The optimizer holds the step, which the metrics and summaries are logged at.
-        source = restore_weights(trainer.model, FLAGS.checkpoint or FLAGS.model_dir, config,
-                                 extra_items=trainer.optimizer.checkpoint_items())
-        print(f"Evaluating {source}")
-        metrics = trainer.evaluate(split=FLAGS.split, steps=FLAGS.steps, output_dir=output_dir,
+        evaluator = Evaluator(config, model_dir, get_strategy(FLAGS.strategy or config.training.strategy))
+        print(f"Evaluating {evaluator.restore(FLAGS.checkpoint or FLAGS.model_dir)}")
+        metrics = evaluator.evaluate(split=FLAGS.split, steps=FLAGS.steps, output_dir=output_dir,
                                    save_predictions=FLAGS.save_predictions or None)
     # ValueError covers UnreadableCheckpointError and refused `.keras` files.
     except (ConfigError, ValueError, FileNotFoundError, ModelDirError) as error:

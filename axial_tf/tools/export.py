@@ -69,11 +69,18 @@ def _describe(contract):
     return "\n".join(lines)
 
 
-def _write_tflite(module, path):
-    from axial_tf.export import ClassificationServingModule, convert_classifier_to_tflite
+def _check_tflite(task_name):
+    from axial_tf.experiment.tasks import task_class
 
-    if not isinstance(module, ClassificationServingModule):
-        raise ValueError("--tflite is offered for classification models only.")
+    if not task_class(task_name).exports_tflite:
+        raise ValueError(f"--tflite is offered for classification models only, not {task_name} models.")
+
+
+def _write_tflite(module, path):
+    from axial_tf.experiment.tasks import task_of_model
+    from axial_tf.export import convert_classifier_to_tflite
+
+    _check_tflite(task_of_model(module.model))
     flatbuffer = convert_classifier_to_tflite(module.model, module.image_size, module.top_k)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as stream:
@@ -92,22 +99,21 @@ def main(argv):
         raise app.UsageError("--output is required.")
     import tensorflow as tf
 
+    from axial_tf.experiment.config import ConfigError, experiment_config_for
     from axial_tf.export import (
         DEFAULT_MAX_MEGAPIXELS,
         TFLiteConversionError,
         check_model_source,
-        error_line,
-        experiment_config_for,
         export_model,
         signature_contract,
     )
-    from axial_tf.training.config import ConfigError
+    from axial_tf.utils.errors import error_line
 
     try:
         check_model_source(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.keras_model)  # before looking for a config
         config = experiment_config_for(FLAGS.config, FLAGS.model_dir, FLAGS.override)
-        if FLAGS.tflite and config is not None and config.model.task != "classification":
-            raise ValueError("--tflite is offered for classification models only.")
+        if FLAGS.tflite and config is not None:
+            _check_tflite(config.model.task)
         module, saved_model_dir = export_model(
             FLAGS.output,
             config=config,

@@ -21,7 +21,9 @@ extension, dot replaced by "_", when two inputs share a stem):
   --format npy: STEM_panoptic.npy and STEM_semantic.npy (int32 [H, W]);
   --overlay: STEM_overlay.png, the image with a colour per class (shaded per
       instance, the same colours every run) and instance outlines.
-A classifier writes predictions.json (top-k class ids, names, probabilities).
+A semantic model writes STEM_semantic.png (or .npy) and, with --overlay,
+STEM_overlay.png (class colours, no outlines). A classifier writes
+predictions.json (top-k class ids, names, probabilities).
 Predictions from a SavedModel and from the checkpoint it came from are identical:
 both run the export's serving_default graph code.
 """
@@ -57,7 +59,8 @@ FLAGS = flags.FLAGS
 
 def make_predictor():
     """The Predictor of the model named on the command line."""
-    from axial_tf.export import DEFAULT_MAX_MEGAPIXELS, Predictor, check_model_source, experiment_config_for
+    from axial_tf.experiment.config import experiment_config_for
+    from axial_tf.export import DEFAULT_MAX_MEGAPIXELS, Predictor, check_model_source
 
     if FLAGS.saved_model:
         if FLAGS.config or FLAGS.override:
@@ -90,7 +93,7 @@ def prepare_output_folder(path):
     """Creates the output folder and checks that files can be written there (before loading the model)."""
     import tensorflow as tf
 
-    from axial_tf.export import error_line
+    from axial_tf.utils.errors import error_line
 
     probe = os.path.join(path, ".axial_tf_write_check")
     try:
@@ -121,9 +124,11 @@ def run(predictor, files, max_megapixels):
     """Predicts every file; returns (written count, unreadable files with their errors)."""
     import tensorflow as tf
 
-    from axial_tf.export import classification_record, output_stems, write_panoptic_prediction
+    from axial_tf.experiment.tasks import task_class
+    from axial_tf.export import output_stems
     from axial_tf.training.progress import ProgressBar
 
+    task = task_class(predictor.task)
     progress = ProgressBar(len(files), batch_size=1)
     records, failures = [], []
     for index, (path, stem) in enumerate(zip(files, output_stems(files)), start=1):
@@ -134,14 +139,12 @@ def run(predictor, files, max_megapixels):
                 raise
             failures.append(str(error))
             continue
-        outputs = predictor(image)
-        if predictor.task == "classification":
-            records.append(classification_record(outputs, path))
-        else:
-            write_panoptic_prediction(
-                outputs, image, os.path.join(FLAGS.output, stem), predictor.info, file_format=FLAGS.format,
-                overlay=FLAGS.overlay, alpha=FLAGS.alpha,
-            )
+        record = task.write_prediction(
+            predictor(image), image, os.path.join(FLAGS.output, stem), predictor.info, path,
+            file_format=FLAGS.format, overlay=FLAGS.overlay, alpha=FLAGS.alpha,
+        )
+        if record is not None:
+            records.append(record)
         progress.update(index, {})
     progress.close()
     if records:
@@ -162,15 +165,17 @@ def main(argv):
         raise app.UsageError("--input and --output are required.")
     import tensorflow as tf
 
-    from axial_tf.export import error_line, list_images
-    from axial_tf.training.config import ConfigError
+    from axial_tf.export import list_images
+    from axial_tf.utils.errors import error_line
+    from axial_tf.experiment.config import ConfigError
+    from axial_tf.experiment.tasks import task_class
 
     try:
         files = list_images(FLAGS.input)
         prepare_output_folder(FLAGS.output)
         predictor = make_predictor()
-        if FLAGS.overlay and predictor.task == "classification":
-            print("note: --overlay applies to panoptic models only.")
+        if FLAGS.overlay and not task_class(predictor.task).draws_overlays:
+            print(f"note: --overlay applies to segmentation models only, not to this {predictor.task} model.")
         written, failures = run(predictor, files, image_limit(predictor))
     except (ConfigError, ValueError, OSError) as error:
         sys.exit(f"error: {error}")

@@ -16,7 +16,6 @@ its name and the newest intact earlier one, which --resume_from_intact resumes f
 The eval modes need a checkpoint in --model_dir, as tools/evaluate.py does.
 """
 
-import os
 import sys
 import time
 
@@ -44,50 +43,24 @@ FLAGS = flags.FLAGS
 def run(config, model_dir, mode, strategy_name, tpu=None, log=print, allow_config_change=False,
         resume_from_intact=False):
     """Runs `mode` for a loaded config; returns the last metrics or losses."""
+    from axial_tf.training.evaluator import Evaluator
     from axial_tf.training.strategies import get_strategy
     from axial_tf.training.trainer import Trainer
 
     strategy = get_strategy(strategy_name or config.training.strategy, tpu)
+    if mode in ("eval", "continuous_eval"):
+        evaluator = Evaluator(config, model_dir, strategy, log=log)
+        if mode == "continuous_eval":
+            return evaluator.continuous()
+        # Random weights are never evaluated: a missing checkpoint is an error.
+        log(f"Evaluating {evaluator.restore(model_dir)}")
+        return evaluator.evaluate()
     trainer = Trainer(config, model_dir, strategy, log=log, allow_config_change=allow_config_change,
                       resume_from_intact=resume_from_intact)
     if mode == "train":
         return trainer.train()
-    if mode == "train_and_eval":
-        trainer.train(eval_interval=config.evaluation.interval)  # evaluates at the last step too
-        return trainer.last_metrics or trainer.evaluate()
-    if mode == "eval":
-        log(f"Evaluating {_restore_for_evaluation(trainer, model_dir)}")
-        return trainer.evaluate()
-    return _continuous_eval(trainer, config, log)
-
-
-def _restore_for_evaluation(trainer, source):
-    """Restores the weights and the step from `source` (a model directory or a prefix), as tools/evaluate.py does.
-
-    Raises:
-        FileNotFoundError: There is no checkpoint (random weights are never evaluated).
-        UnreadableCheckpointError: The checkpoint is truncated or corrupt.
-    """
-    from axial_tf.export.loading import restore_weights
-
-    return restore_weights(trainer.model, source, trainer.config, extra_items=trainer.optimizer.checkpoint_items())
-
-
-def _continuous_eval(trainer, config, log):
-    """Evaluates every new checkpoint until the final step (or the timeout)."""
-    import tensorflow as tf
-
-    directory = os.path.join(trainer.model_dir, "checkpoints")
-    timeout = config.evaluation.continuous_eval_timeout
-    metrics = {}
-    for prefix in tf.train.checkpoints_iterator(directory, timeout=timeout):
-        _restore_for_evaluation(trainer, prefix)
-        metrics = trainer.evaluate()
-        if trainer.step >= config.training.steps:
-            break
-    else:
-        log(f"No new checkpoint within {timeout} s; stopping.")
-    return metrics
+    trainer.train(eval_interval=config.evaluation.interval)  # evaluates at the last step too
+    return trainer.last_metrics or trainer.evaluate()
 
 
 def main(argv):
@@ -95,8 +68,8 @@ def main(argv):
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)  # TFDS reports every dataset read at INFO
-    from axial_tf.training.config import ConfigError, load_config
-    from axial_tf.training.model_dir import ModelDirError
+    from axial_tf.experiment.config import ConfigError, load_config
+    from axial_tf.utils.files import ModelDirError
     from axial_tf.training.trainer import TrainingDivergedError
 
     if bool(FLAGS.config) == bool(FLAGS.gin_file):

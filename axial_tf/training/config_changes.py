@@ -22,7 +22,13 @@ from typing import Any
 
 import tensorflow as tf
 
-from axial_tf.training.config import CONFIG_FILENAME, CONFIG_HISTORY_FILENAME, ConfigError, config_to_dict, load_config
+from axial_tf.experiment.config import (
+    CONFIG_FILENAME,
+    CONFIG_HISTORY_FILENAME,
+    ConfigError,
+    config_to_dict,
+    load_config,
+)
 
 SAFE_TO_CHANGE = (
     "training.steps",

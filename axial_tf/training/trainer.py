@@ -1,11 +1,12 @@
-"""The training and evaluation loop: a custom loop over `strategy.run`.
+"""The training loop: a custom loop over `strategy.run`.
 
 Keras 3's `model.fit` breaks under MultiWorkerMirroredStrategy
 (keras-team/keras#20585), so training is our own loop: one `tf.function` step
 that runs the task's loss on every replica, sums gradients across replicas and
 applies them. Checkpoints hold the model and the optimizer(s); a resumed run
 skips the examples already consumed, so it continues the same example stream and
-reaches the same weights as an uninterrupted one.
+reaches the same weights as an uninterrupted one. Evaluation during training runs the
+`Evaluator` on the same model.
 
 A training run owns its model directory while it writes there (`ModelDirLock`),
 resumes only with a config that keeps the run what it was (`config_changes`),
@@ -13,34 +14,32 @@ and reports damaged checkpoints and failed writes with one line naming them
 (`checkpoints`, `model_dir`).
 """
 
-import json
 import os
-import pathlib
 import time
 
-import keras
-import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
 from tensorflow.python.eager import context
 
-from axial_tf.losses import check_finite
-from axial_tf.training.checkpoints import (
+from axial_tf.experiment.checkpoints import (
+    CHECKPOINT_SUBDIR,
     UNREADABLE_SUBDIR,
     UnreadableCheckpointError,
-    checkpoint_damage,
-    restore_checkpoint,
+    initialize_from,
+    model_checkpoint_items,
     save_checkpoint,
     set_aside_newer_than,
     try_restore,
 )
-from axial_tf.training.config import CONFIG_FILENAME, CONFIG_HISTORY_FILENAME, save_config
+from axial_tf.experiment.config import CONFIG_FILENAME, CONFIG_HISTORY_FILENAME, save_config
+from axial_tf.experiment.tasks import task_for_config
+from axial_tf.losses import check_finite
 from axial_tf.training.config_changes import check_resume_config
-from axial_tf.training.model_dir import ModelDirLock, write_text_atomically, writing
+from axial_tf.training.evaluator import Evaluator
+from axial_tf.training.model_dir import ModelDirLock
 from axial_tf.training.optimization import OptimizerGroup
 from axial_tf.training.progress import ProgressBar
-from axial_tf.training.tasks import make_task
-from axial_tf.utils.visualization import class_palette, encode_panoptic_rgb
+from axial_tf.training.runtime import configure_runtime, is_chief, worker_name
 
 
 class TrainingDivergedError(RuntimeError):
@@ -63,16 +62,8 @@ def keep_gradient_sums_in_order():
     call_options.config_proto_serialized = config
 
 
-def configure_runtime(config):
-    """Seeds, op determinism and the Keras dtype policy for a run (call before building models)."""
-    keras.utils.set_random_seed(config.training.seed)
-    if config.training.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    keras.mixed_precision.set_global_policy(config.training.mixed_precision)
-
-
 class Trainer:
-    """Trains and evaluates the model of an experiment config in `model_dir`.
+    """Trains the model of an experiment config in `model_dir` (and evaluates it with an `Evaluator`).
 
     Args:
         config: an `ExperimentConfig`.
@@ -99,9 +90,10 @@ class Trainer:
         self.log = log or (lambda *args, **kwargs: None)
         self.allow_config_change = allow_config_change
         self.resume_from_intact = resume_from_intact
-        self.task = make_task(config)
-        # Seeded after the task: preparing a dataset for the first time may draw random
-        # numbers, and the initial weights must not depend on whether it was prepared.
+        self.task = task_for_config(config)
+        # Seeded after preparing the data: preparing a dataset for the first time may draw
+        # random numbers, and the initial weights must not depend on whether it was prepared.
+        self.task.prepare_data()
         configure_runtime(config)
         training = config.training
         if training.batch_size % strategy.num_replicas_in_sync:
@@ -118,18 +110,17 @@ class Trainer:
                 mixed_float16=training.mixed_precision == "mixed_float16",
             )
             self.optimizer.build(self.model.trainable_variables)
-            self.metrics = self.task.make_metrics()
         self._train_iterator = None
         self._checkpoint = None
         self._manager = None
         self._train_step = None
-        self.last_metrics = None
-        self.is_chief = _is_chief(strategy)
+        self.evaluator = Evaluator(config, model_dir, strategy, log=self.log, task=self.task, model=self.model,
+                                   step=lambda: self.step)
+        self.is_chief = is_chief(strategy)
         # Non-chief workers of a multi-worker run write their (identical) checkpoints
         # to a private folder, as tf.distribute requires, and no summaries.
-        self.checkpoint_dir = os.path.join(
-            model_dir if self.is_chief else os.path.join(model_dir, f".worker_{_task_id(strategy)}"), "checkpoints"
-        )
+        writer_dir = model_dir if self.is_chief else os.path.join(model_dir, f".worker_{worker_name(strategy)}")
+        self.checkpoint_dir = os.path.join(writer_dir, CHECKPOINT_SUBDIR)
 
     # ------------------------------------------------------------------ state
 
@@ -351,221 +342,15 @@ class Trainer:
 
     # ------------------------------------------------------------- evaluation
 
-    def _build_eval_step(self):
-        strategy, task, model, metrics = self.strategy, self.task, self.model, self.metrics
+    @property
+    def last_metrics(self):
+        """The headline metrics of the last evaluation (None before one)."""
+        return self.evaluator.last_metrics
 
-        @tf.function
-        def eval_step(iterator):
-            def replica_step(batch):
-                predictions = task.eval_step(model, batch, metrics)
-                return batch, predictions
-
-            return strategy.run(replica_step, args=(next(iterator),))
-
-        return eval_step
-
-    def evaluate(self, split=None, steps=None, output_dir=None, image_summaries=3, save_predictions=None):
-        """Evaluates the current weights on a split; writes `metrics.json`.
-
-        Args:
-            split: dataset split (default `data.eval_split`).
-            steps: evaluation batches (default `evaluation.steps`, None = all).
-            output_dir: where `metrics.json` and the evaluation summaries go (default
-                `model_dir/eval`); evaluation writes nothing else, so a read-only model
-                directory can be evaluated into another folder.
-            image_summaries: predictions written as TensorBoard images.
-            save_predictions: also write every panoptic prediction as a PNG under
-                `output_dir/predictions` (default `evaluation.save_predictions`).
-
-        Returns:
-            The headline metrics (dict of floats, fractions).
-
-        Raises:
-            ModelDirError: `output_dir` cannot be written.
-        """
-        e = self.config.evaluation
-        steps = steps or e.steps
-        output_dir = output_dir or os.path.join(self.model_dir, "eval")
-        dataset = self.strategy.distribute_datasets_from_function(self.task.eval_dataset_fn(e.batch_size, split))
-        iterator = iter(dataset)
-        self.metrics.reset_state()
-        eval_step = self._build_eval_step()
-        save_predictions = e.save_predictions if save_predictions is None else save_predictions
-        prediction_dir = os.path.join(output_dir, "predictions")
-        examples, done = [], 0
-        while steps is None or done < steps:
-            try:
-                batch, predictions = eval_step(iterator)
-            except (StopIteration, tf.errors.OutOfRangeError):
-                break
-            done += 1
-            if save_predictions and "panoptic_pred" in predictions:
-                with writing(prediction_dir, "predictions to"):
-                    write_panoptic_pngs(batch, predictions, prediction_dir)
-            if len(examples) < image_summaries:
-                examples.append(_first_local(batch, predictions))
-        headline, full = self.task.report(self.metrics)
-        if self.is_chief:
-            _write_metrics(output_dir, {"step": self.step, "batches": done, **headline, "details": full})
-
-        if not self.is_chief:
-            self.last_metrics = headline
-            return headline
-        with writing(output_dir, "evaluation summaries to"):
-            writer = tf.summary.create_file_writer(output_dir)
-            with writer.as_default(step=self.step):
-                for name, value in headline.items():
-                    tf.summary.scalar(f"metrics/{name}", value)
-                for index, (batch, predictions) in enumerate(examples):
-                    if "panoptic_pred" in predictions:
-                        tf.summary.image(f"predictions/{index}", _prediction_image(batch, predictions), max_outputs=1)
-        self.log("Evaluation at step {}: {}".format(self.step, ", ".join(f"{k}={v:.4f}" for k, v in headline.items())))
-        self.last_metrics = headline
-        return headline
-
-
-def model_checkpoint_items(model):
-    """Checkpoint items holding every model variable under its unique Keras path.
-
-    TF's object tracking does not see Keras 3 layers kept in lists (stages,
-    blocks) nor the random-generator states, so the variables are saved as one
-    flat mapping `path -> variable`, which covers all of them.
-    """
-    variables = {variable.path: variable for variable in model.variables}
-    if len(variables) != len(model.variables):
-        raise ValueError(f"{model.name} has variables with the same path; they cannot be checkpointed by name.")
-    return {"model_variables": variables}
-
-
-def _is_chief(strategy):
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
-                                              and "chief" not in resolver.cluster_spec().as_dict())
-
-
-def _task_id(strategy):
-    resolver = getattr(strategy, "cluster_resolver", None)
-    return f"{resolver.task_type}_{resolver.task_id}" if resolver is not None else "0"
+    def evaluate(self, **kwargs):
+        """Evaluates the current weights (see `Evaluator.evaluate` for the arguments)."""
+        return self.evaluator.evaluate(**kwargs)
 
 
 def _summary_writer(directory, enabled):
     return tf.summary.create_file_writer(directory) if enabled else tf.summary.create_noop_writer()
-
-
-def _write_metrics(output_dir, values):
-    path = os.path.join(output_dir, "metrics.json")
-    with writing(path, "metrics"):
-        tf.io.gfile.makedirs(output_dir)
-        write_text_atomically(path, json.dumps(values, indent=2, default=_json_default))
-
-
-def prediction_png_path(directory, file_name):
-    """`directory/<file name without suffix>.png`, keeping the record's sub-folders.
-
-    Records of one split may share a base name in different sub-folders (`day/frame.png`,
-    `night/frame.png`), so the relative path is kept; parts that would leave `directory`
-    (absolute paths, `..`) are dropped.
-    """
-    parts = [part for part in pathlib.PurePosixPath(file_name.replace("\\", "/")).parts
-             if part not in ("/", ".", "..")]
-    return os.path.join(directory, *parts[:-1], os.path.splitext(parts[-1])[0] + ".png")
-
-
-def write_panoptic_pngs(batch, predictions, directory):
-    """Writes each example's `panoptic_pred` as `prediction_png_path(directory, file name)` (all replicas)."""
-    names = getattr(batch["file_name"], "values", (batch["file_name"],))
-    maps = getattr(predictions["panoptic_pred"], "values", (predictions["panoptic_pred"],))
-    for replica_names, replica_maps in zip(names, maps):
-        for name, panoptic in zip(replica_names.numpy(), replica_maps):
-            path = prediction_png_path(directory, name.decode())
-            tf.io.gfile.makedirs(os.path.dirname(path))
-            tf.io.write_file(path, tf.io.encode_png(encode_panoptic_rgb(panoptic)))
-
-
-def _first_local(batch, predictions):
-    """The first replica's first example of an evaluation batch (for image summaries)."""
-    def local(value):
-        values = getattr(value, "values", (value,))
-        return values[0][:1]
-
-    return (tf.nest.map_structure(local, batch), tf.nest.map_structure(local, predictions))
-
-
-def _prediction_image(batch, predictions):
-    """Image | semantic prediction side by side, uint8 [1, H, 2W, 3]."""
-    image = tf.cast(tf.clip_by_value(batch["image"], 0, 255), tf.uint8)
-    semantic = predictions["semantic_pred"]
-    palette = tf.constant(class_palette(256), tf.uint8)
-    colours = tf.gather(palette, tf.clip_by_value(semantic, 0, 255))
-    return tf.concat([image, colours], axis=2)
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    raise TypeError(f"Cannot write {type(value).__name__} to JSON.")
-
-
-def initialize_from(model, path):
-    """Partial initialisation for fine-tuning from a checkpoint or `.keras` model.
-
-    Accepts an axial_tf `.keras` file, an axial_tf training checkpoint (prefix or
-    model dir), or a DeepLab2 checkpoint. Variables found with a matching shape
-    are restored; the rest keep their initial values.
-
-    Returns:
-        dict with `restored` (count) and `missing` (names of model variables not restored).
-
-    Raises:
-        FileNotFoundError: No checkpoint at `path`.
-        UnreadableCheckpointError: The checkpoint is truncated or corrupt.
-        ValueError: The `.keras` file cannot be loaded safely.
-    """
-    if str(path).endswith(".keras"):
-        from axial_tf.export.loading import load_keras_model  # safe_mode, one-line errors
-
-        source = load_keras_model(path)
-        values = {v.path: v for v in source.weights}
-        restored, missing = 0, []
-        for variable in model.weights:
-            match = values.get(variable.path)
-            if match is not None and tuple(match.shape) == tuple(variable.shape):
-                variable.assign(match)
-                restored += 1
-            else:
-                missing.append(variable.path)
-        return {"restored": restored, "missing": missing}
-    prefix = tf.train.latest_checkpoint(os.path.join(path, "checkpoints")) or tf.train.latest_checkpoint(path) \
-        if os.path.isdir(path) else path
-    if prefix is None:
-        raise FileNotFoundError(f"No checkpoint found at {path}.")
-    shapes = _checkpoint_shapes(prefix)
-    if any(key.startswith("encoder/_") for key in shapes):
-        from axial_tf.checkpoints.deeplab2_converter import load_deeplab2_checkpoint
-
-        report = load_deeplab2_checkpoint(model, prefix, strict=False)
-        return {"restored": report["restored"], "missing": report["missing"]}
-    saved = {key.split("/.ATTRIBUTES")[0] for key in shapes if key.startswith("model_variables/")}
-    targets = model_checkpoint_items(model)["model_variables"]
-    present = {}
-    for path, variable in targets.items():
-        key = "model_variables/" + _escape(path)
-        if key in saved and tuple(shapes[key + "/.ATTRIBUTES/VARIABLE_VALUE"]) == tuple(variable.shape):
-            present[path] = variable
-    restore_checkpoint(tf.train.Checkpoint(model_variables=present), prefix, partial=True)
-    return {"restored": len(present), "missing": sorted(set(targets) - set(present))}
-
-
-def _checkpoint_shapes(prefix):
-    """`{key: shape}` of a checkpoint; raises UnreadableCheckpointError if its files are damaged."""
-    damage = checkpoint_damage(prefix)
-    if damage is not None:
-        raise UnreadableCheckpointError(prefix, damage)
-    return tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
-
-
-def _escape(name):
-    """How TF writes a dict key into a checkpoint key ('/' -> '.S', '.' -> '..')."""
-    return name.replace(".", "..").replace("/", ".S")

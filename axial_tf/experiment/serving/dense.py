@@ -1,34 +1,23 @@
-"""The servable panoptic model: uint8 images or encoded bytes in, panoptic maps out.
+"""The servable dense predictor: uint8 images or encoded bytes in, per-pixel maps at each image's size out.
 
-Everything between the client's pixels and the answer runs in the graph, with
-the functions evaluation uses: `InferencePreprocessor.preprocess_image` (the
-resize/pad to the model input size), `predict_panoptic` (model, multi-scale
-and flip averaging, Panoptic-DeepLab post-processing) and
-`InferencePreprocessor.restore` back to each image's own size. So the exported
-`panoptic_pred` is the evaluation prediction, bit for bit.
+Everything between the client's pixels and the answer runs in the graph, with the functions
+evaluation uses: `InferencePreprocessor.preprocess_image` (the resize/pad to the model input
+size), the task's prediction (`predict`, e.g. model + multi-scale/flip averaging +
+post-processing) and `InferencePreprocessor.restore` back to each image's own size. So the
+exported maps are the evaluation predictions, bit for bit. The panoptic and semantic modules
+differ only in `predict`, their output kinds and fill values.
 """
 
 import tensorflow as tf
 
 from axial_tf.data.inference import decode_image
-from axial_tf.export.serving import DEFAULT_MAX_MEGAPIXELS, ServingModule, UntrackedReference
-from axial_tf.models.inference import predict_panoptic
+from axial_tf.experiment.serving.base import DEFAULT_MAX_MEGAPIXELS, ServingModule, UntrackedReference
 
 IMAGE_SIZE_OUTPUT = "image_size"
 
-# Output name -> `InferencePreprocessor.restore` kind.
-PANOPTIC_OUTPUTS = {
-    "panoptic_pred": "label",
-    "semantic_pred": "label",
-    "instance_pred": "label",
-    "semantic_probs": "logits",
-    "center_heatmap": "logits",
-    "offset_map": "offsets",
-}
 
-
-class PanopticServingModule(ServingModule):
-    """An `AxialDeepLab` with evaluation's pre- and post-processing, as serving signatures.
+class DenseServingModule(ServingModule):
+    """A dense model with evaluation's pre- and post-processing, as serving signatures.
 
     `serve_images` (exported as `serving_default`) takes a batch of same-sized
     uint8 images `[B, H, W, 3]`; `serve_encoded` (`serving_encoded`) takes
@@ -36,48 +25,36 @@ class PanopticServingModule(ServingModule):
     decoded and preprocessed on its own, the batch runs through the model
     together (all images have the model input size after preprocessing), and
     each prediction is restored to its image's size and then padded at the
-    bottom/right to the largest image of the batch (void / zeros); the
+    bottom/right to the largest image of the batch (`fill_values`); the
     `image_size` output [B, 2] says how much of each map is valid. A batch
     needs at least one image, and may hold at most `max_megapixels` (B x
     largest height x largest width), checked from the image headers before
     decoding; see `ServingModule`.
 
-    Outputs, at the input resolution: `panoptic_pred`, `semantic_pred`,
-    `instance_pred` (int32 [B, H, W]), `semantic_probs` (float32
-    [B, H, W, C]), `center_heatmap` (float32 [B, H, W]) and `offset_map`
-    (float32 [B, H, W, 2], (dy, dx) in pixels of the output resolution).
+    Subclasses set `OUTPUTS` (output name -> `InferencePreprocessor.restore`
+    kind: "label", "logits" or "offsets") and implement `predict(prepared)`
+    and `fill_values()`.
 
     Args:
-        model: An `AxialDeepLab` (float images in [0, 255] -> dict of maps).
-        postprocess_options: `PostProcessOptions` of evaluation.
+        model: The Keras model (float images in [0, 255] -> dict of maps).
         preprocessor: The evaluation `InferencePreprocessor`.
         scales: Multi-scale inference factors (`evaluation.eval_scales`).
         flip: Average with the mirrored image (`evaluation.flip`).
         max_megapixels: Most pixels (millions) of one request.
-
-    Example:
-        >>> module = PanopticServingModule(model, options, preprocessor)
-        >>> outputs = module.serve_images(tf.zeros([1, 33, 47, 3], tf.uint8))
-        >>> tf.saved_model.save(module, "export/1", signatures=module.signatures())
+        name: Module name.
     """
 
-    def __init__(
-        self, model, postprocess_options, preprocessor, scales=(1.0,), flip=False,
-        max_megapixels=DEFAULT_MAX_MEGAPIXELS,
-    ):
-        super().__init__(model, name="axial_deeplab_serving", max_megapixels=max_megapixels)
-        self._postprocess_options = postprocess_options
+    OUTPUTS = {}
+
+    def __init__(self, model, preprocessor, scales=(1.0,), flip=False, max_megapixels=DEFAULT_MAX_MEGAPIXELS,
+                 name="dense_serving"):
+        super().__init__(model, name=name, max_megapixels=max_megapixels)
         self._preprocessor = preprocessor
         self._scales = tuple(float(s) for s in scales)
         self._flip = bool(flip)
         # Both signatures call this one tf.function (same input shapes), so the model, with
         # all its scales and flips, is traced and stored once instead of once per signature.
         self._predict_and_restore_function = UntrackedReference(tf.function(self._predict_and_restore))
-
-    @property
-    def postprocess_options(self):
-        """The `PostProcessOptions` baked into the graph."""
-        return self._postprocess_options
 
     @property
     def preprocessor(self):
@@ -94,8 +71,16 @@ class PanopticServingModule(ServingModule):
         """Whether the mirrored image is averaged in."""
         return self._flip
 
+    def predict(self, prepared):
+        """The task's predictions (a dict holding every `OUTPUTS` name) of float32 [B, h, w, 3] images."""
+        raise NotImplementedError
+
+    def fill_values(self):
+        """What pads a smaller image's maps in a mixed-size batch, by output name."""
+        raise NotImplementedError
+
     def _serve_images(self, images):
-        """Panoptic prediction of a batch of same-sized uint8 RGB images [B, H, W, 3]."""
+        """Prediction of a batch of same-sized uint8 RGB images [B, H, W, 3]."""
         prepared, meta = self._preprocessor.preprocess_image(images)  # [B, h, w, 3] float32
         batch = tf.shape(images)[0]
         original_sizes = tf.tile(meta["original_size"][tf.newaxis], [batch, 1])  # [B, 2]
@@ -103,7 +88,7 @@ class PanopticServingModule(ServingModule):
         return self._predict_and_restore_function.value(prepared, original_sizes, valid_sizes, meta["original_size"])
 
     def _serve_encoded(self, image_bytes):
-        """Panoptic prediction of [B] encoded images (any mix of sizes), plus `image_size` [B, 2]."""
+        """Prediction of [B] encoded images (any mix of sizes), plus `image_size` [B, 2]."""
         input_spec = tf.TensorSpec([*self._preprocessor.size, 3], tf.float32)
         size_spec = tf.TensorSpec([2], tf.int32)
 
@@ -129,19 +114,17 @@ class PanopticServingModule(ServingModule):
             output_size: int32 [2] (height, width) every output is padded to.
 
         Returns:
-            Dict of the `PANOPTIC_OUTPUTS`, [B, output_size..., ...].
+            Dict of the `OUTPUTS`, [B, output_size..., ...].
         """
-        predictions = predict_panoptic(
-            self.model, prepared, self._postprocess_options, scales=self._scales, flip=self._flip
-        )
-        predictions = {name: predictions[name] for name in PANOPTIC_OUTPUTS}
-        fill_values = self._fill_values()
+        predictions = self.predict(prepared)
+        predictions = {name: predictions[name] for name in self.OUTPUTS}
+        fill_values = self.fill_values()
 
         def restore_one(elements):
             maps, original_size, valid_size = elements
             meta = {"original_size": original_size, "valid_size": valid_size}
             restored = {}
-            for name, kind in PANOPTIC_OUTPUTS.items():
+            for name, kind in self.OUTPUTS.items():
                 value = self._preprocessor.restore(maps[name], meta, kind=kind)
                 restored[name] = _pad_to(value, output_size, fill_values[name])
             return restored
@@ -153,16 +136,14 @@ class PanopticServingModule(ServingModule):
             restore_one, (predictions, original_sizes, valid_sizes), fn_output_signature=output_spec
         )
 
-    def _fill_values(self):
-        """What pads a smaller image's maps in a mixed-size batch: void labels and zeros."""
-        options = self._postprocess_options
+    def dense_label_space(self):
+        """The input-side facts of `label_space` shared by dense modules."""
         return {
-            "panoptic_pred": options.void_label * options.label_divisor,
-            "semantic_pred": options.void_label,
-            "instance_pred": 0,
-            "semantic_probs": 0.0,
-            "center_heatmap": 0.0,
-            "offset_map": 0.0,
+            "input_size": list(self._preprocessor.size),
+            "resize_policy": self._preprocessor.resize_policy,
+            "eval_scales": list(self._scales),
+            "flip": self._flip,
+            "max_megapixels": self.max_megapixels,
         }
 
 

@@ -1,9 +1,11 @@
 """The servable classifier: images or encoded bytes in, top-k classes and probabilities out."""
 
+import os
+
 import tensorflow as tf
 
 from axial_tf.data.inference import classification_eval_image, decode_image
-from axial_tf.export.serving import DEFAULT_MAX_MEGAPIXELS, ServingModule
+from axial_tf.experiment.serving.base import DEFAULT_MAX_MEGAPIXELS, ServingModule
 
 
 class ClassificationServingModule(ServingModule):
@@ -59,6 +61,17 @@ class ClassificationServingModule(ServingModule):
         """Name of each class id."""
         return self._class_names
 
+    def label_space(self, info=None):
+        """What a client needs to read the outputs (written to the export's metadata); `info` is unused."""
+        del info  # the class names are the module's own
+        return {
+            "task": "classification",
+            "class_names": list(self._class_names),
+            "image_size": self._image_size,
+            "top_k": self._top_k,
+            "max_megapixels": self.max_megapixels,
+        }
+
     def preprocess(self, image):
         """Evaluation preprocessing of one uint8 [H, W, 3] image -> float32 [s, s, 3]."""
         return classification_eval_image(image, self._image_size, self._crop_fraction)
@@ -81,3 +94,13 @@ class ClassificationServingModule(ServingModule):
     def _prepare_each(self, to_image, elements):
         spec = tf.TensorSpec([self._image_size, self._image_size, 3], tf.float32)
         return tf.map_fn(lambda element: self.preprocess(to_image(element)), elements, fn_output_signature=spec)
+
+
+def classification_record(outputs, path):
+    """The JSON-ready record of one classified image: file, top-k ids, names and probabilities."""
+    return {
+        "file": os.fspath(path),
+        "classes": outputs["classes"].tolist(),
+        "class_names": [name.decode() for name in outputs["class_names"].tolist()],
+        "probabilities": [float(p) for p in outputs["probabilities"]],
+    }

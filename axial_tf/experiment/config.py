@@ -14,7 +14,7 @@ Files
     `ConfigError` listing every bad key as "file:line: key.path: problem".
 
 Example:
-    config = load_config("configs/demo/axial_deeplab_s.yaml",
+    config = load_config("configs/demo/panoptic_shapes.yaml",
                          overrides=["training.steps=100", "data.crop_size=[65, 65]"])
     save_config(config, model_dir)  # writes model_dir/config.yaml
 """
@@ -27,26 +27,23 @@ from typing import Any, Literal, Optional
 
 import tensorflow as tf
 
-from axial_tf.training import config_sources
-from axial_tf.training.config_validation import (  # noqa: F401  (ConfigError is public here)
+from axial_tf.experiment import config_sources
+from axial_tf.experiment.config_validation import (  # noqa: F401  (ConfigError is public here)
     ConfigError,
     ConfigIssue,
     IssueCollector,
     build_dataclass,
     schema_key_paths,
 )
-from axial_tf.training.model_dir import write_text_atomically, writing
+from axial_tf.experiment.tasks import TASKS
+from axial_tf.models.axial_deeplab import INSTANCE_DECODER_DEFAULTS, SEMANTIC_DECODER_DEFAULTS
+from axial_tf.utils.files import write_text_atomically, writing
 
 CONFIG_FILENAME = "config.yaml"
 CONFIG_HISTORY_FILENAME = "config_history.yaml"  # earlier config.yaml contents, oldest first
-TASK_METRICS = {
-    "panoptic": ("pq", "miou", "ap"),
-    "classification": ("top1", "top5"),
-}
-DEFAULT_METRICS = {
-    "panoptic": ["pq", "miou"],
-    "classification": ["top1", "top5"],
-}
+# The values `model.task` and `evaluation.metrics` accept: those of the registered tasks.
+TASK_NAMES = tuple(TASKS)
+METRIC_NAMES = tuple(dict.fromkeys(name for task in TASKS.values() for name in task.metric_names))
 
 
 def _field(default, **constraints):
@@ -89,14 +86,20 @@ class DecoderConfig:
         DecoderConfig(decoder_channels=128, low_level_channels=[32, 16], head_channels=32)
     """
 
-    feature_key: str = "res5"
-    aspp_channels: int = _field(256, ge=1)
-    aspp_use_only_1x1_proj: bool = True
-    atrous_rates: list[int] = _field([6, 12, 18], ge=1)
-    decoder_channels: int = _field(256, ge=1)
-    low_level_feature_keys: list[str] = _field(["res3", "res2"])
-    low_level_channels: list[int] = _field([64, 32], ge=1)
-    head_channels: int = _field(256, ge=1)
+    feature_key: str = SEMANTIC_DECODER_DEFAULTS["feature_key"]
+    aspp_channels: int = _field(SEMANTIC_DECODER_DEFAULTS["aspp_channels"], ge=1)
+    aspp_use_only_1x1_proj: bool = SEMANTIC_DECODER_DEFAULTS["aspp_use_only_1x1_proj"]
+    atrous_rates: list[int] = _field(list(SEMANTIC_DECODER_DEFAULTS["atrous_rates"]), ge=1)
+    decoder_channels: int = _field(SEMANTIC_DECODER_DEFAULTS["decoder_channels"], ge=1)
+    low_level_feature_keys: list[str] = _field(list(SEMANTIC_DECODER_DEFAULTS["low_level_feature_keys"]))
+    low_level_channels: list[int] = _field(list(SEMANTIC_DECODER_DEFAULTS["low_level_channels"]), ge=1)
+    head_channels: int = _field(SEMANTIC_DECODER_DEFAULTS["head_channels"], ge=1)
+
+
+def _decoder_config(defaults):
+    """A `DecoderConfig` of the model's decoder defaults (the one source of them, `axial_deeplab.py`)."""
+    return DecoderConfig(**{key: list(value) if isinstance(value, tuple) else value
+                            for key, value in defaults.items()})
 
 
 @dataclasses.dataclass
@@ -104,14 +107,16 @@ class ModelConfig:
     """Which network to build.
 
     Attributes:
-        task: "panoptic" (Axial-DeepLab) or "classification" (Axial-ResNet classifier).
+        task: A registered task (`axial_tf.experiment.tasks.TASKS`): "panoptic"
+            (Axial-DeepLab), "semantic" (Axial backbone + semantic decoder) or
+            "classification" (Axial-ResNet classifier).
         backbone: Registered backbone name, e.g. "axial_deeplab_s", "axial_resnet_s".
         backbone_overrides: Extra keyword arguments for the backbone builder
             (e.g. drop_path_keep_prob, width multipliers); checked by the builder.
         output_stride: Backbone output stride.
         num_classes: Semantic classes (panoptic) or image classes (classification).
-        semantic_decoder: Semantic branch decoder.
-        instance_decoder: Instance (center/offset) branch decoder.
+        semantic_decoder: Semantic branch decoder (panoptic and semantic tasks).
+        instance_decoder: Instance (center/offset) branch decoder (panoptic task).
         classifier_dropout: Dropout rate before the classification dense layer.
 
     Example:
@@ -119,14 +124,13 @@ class ModelConfig:
                     output_stride=32, num_classes=1000)
     """
 
-    task: Literal["panoptic", "classification"] = "panoptic"
+    task: Literal[TASK_NAMES] = "panoptic"
     backbone: str = "axial_deeplab_s"
     backbone_overrides: dict[str, Any] = _field({})
     output_stride: Literal[8, 16, 32] = 16
     num_classes: int = _field(19, ge=1)
-    semantic_decoder: DecoderConfig = _field(DecoderConfig())
-    instance_decoder: DecoderConfig = _field(DecoderConfig(
-        decoder_channels=128, low_level_channels=[32, 16], head_channels=32))
+    semantic_decoder: DecoderConfig = _field(_decoder_config(SEMANTIC_DECODER_DEFAULTS))
+    instance_decoder: DecoderConfig = _field(_decoder_config(INSTANCE_DECODER_DEFAULTS))
     classifier_dropout: float = _field(0.0, ge=0.0, lt=1.0)
 
 
@@ -337,8 +341,10 @@ class EvaluationConfig:
         interval: Training steps between evaluations in train_and_eval mode.
         steps: Evaluation batches per evaluation (None = the whole split).
         batch_size: Global evaluation batch size.
-        metrics: Metrics to compute; an empty list means the task's defaults
-            (panoptic: pq, miou; classification: top1, top5).
+        metrics: Metrics to compute, among the task's (panoptic: pq, miou, ap;
+            semantic: miou; classification: top1, top5); an empty list means the
+            task's defaults (panoptic: pq, miou; semantic: miou; classification:
+            top1, top5).
         postprocessing: Panoptic post-processing options.
         eval_scales: Input scales of multi-scale inference ([1.0] = single scale).
         flip: Also average predictions of the horizontally flipped input.
@@ -353,7 +359,7 @@ class EvaluationConfig:
     interval: int = _field(5000, ge=1)
     steps: Optional[int] = _field(None, ge=1)
     batch_size: int = _field(1, ge=1)
-    metrics: list[Literal["pq", "miou", "ap", "top1", "top5"]] = _field([])
+    metrics: list[Literal[METRIC_NAMES]] = _field([])
     postprocessing: PostProcessingConfig = _field(PostProcessingConfig())
     eval_scales: list[float] = _field([1.0], min_length=1, gt=0.0)
     flip: bool = False
@@ -383,9 +389,9 @@ class ExperimentConfig:
     evaluation: EvaluationConfig = _field(EvaluationConfig())
 
     def __post_init__(self):
-        if not self.evaluation.metrics and self.model.task in DEFAULT_METRICS:
+        if not self.evaluation.metrics and self.model.task in TASKS:
             self.evaluation = dataclasses.replace(
-                self.evaluation, metrics=list(DEFAULT_METRICS[self.model.task]))
+                self.evaluation, metrics=list(TASKS[self.model.task].default_metrics))
 
 
 def load_config(path, overrides=()):
@@ -406,6 +412,28 @@ def load_config(path, overrides=()):
     raw = config_sources.read_config_file(path)
     config_sources.apply_overrides(raw, overrides)
     return _build(raw)
+
+
+def experiment_config_for(config_path=None, model_dir=None, overrides=()):
+    """The experiment config of an export or prediction run.
+
+    Args:
+        config_path: A `.yaml`/`.gin` experiment file; when None, the
+            `config.yaml` the trainer saved in `model_dir` is used if present.
+        model_dir: The training model directory, if any.
+        overrides: "key.sub=value" overrides (e.g. "data.crop_size=[1025,2049]").
+
+    Returns:
+        An `ExperimentConfig`, or None when there is neither a file nor a saved config.
+    """
+    if config_path is None and model_dir is not None:
+        saved = os.path.join(os.fspath(model_dir), CONFIG_FILENAME)
+        config_path = saved if tf.io.gfile.exists(saved) else None
+    if config_path is None:
+        if overrides:
+            raise ValueError(f"--override {list(overrides)} needs a config (--config).")
+        return None
+    return load_config(config_path, overrides=overrides)
 
 
 def shipped_config(relative_path):
@@ -564,10 +592,8 @@ def _check_consistency(config, collector):
         collector.add(("model", "backbone_overrides", "output_stride"),
                       "set model.output_stride instead")
 
-    crop_height, crop_width = config.data.crop_size
-    if config.model.task == "classification" and crop_height != crop_width:
-        collector.add(("data", "crop_size"),
-                      f"classification uses square crops, got {config.data.crop_size}")
+    for key_path, problem in TASKS[config.model.task].config_problems(config):
+        collector.add(key_path, problem)
 
     augmentation = config.data.augmentation
     if augmentation.min_scale > augmentation.max_scale:
@@ -590,7 +616,7 @@ def _check_consistency(config, collector):
         collector.add(("optimizer", "warmup_steps"),
                       f"must be below training.steps ({steps}), got {optimizer.warmup_steps}")
 
-    allowed_metrics = TASK_METRICS[config.model.task]
+    allowed_metrics = TASKS[config.model.task].metric_names
     for index, metric in enumerate(config.evaluation.metrics):
         if metric not in allowed_metrics:
             collector.add(("evaluation", "metrics", index),

@@ -34,7 +34,7 @@ import gin.config_parser
 import tensorflow as tf
 import yaml
 
-from axial_tf.training.config_validation import ConfigError, format_key_path
+from axial_tf.experiment.config_validation import ConfigError, format_key_path
 
 YAML_SUFFIXES = (".yaml", ".yml")
 GIN_SUFFIXES = (".gin",)
