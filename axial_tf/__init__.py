@@ -18,3 +18,14 @@ if "tensorflow" not in _sys.modules:
 
 from axial_tf import layers  # noqa: F401  (registers the layers)
 from axial_tf import models  # noqa: F401  (registers the models)
+
+
+def _load_preset_model(name):
+    # The conversion needs the experiment configs and converters, which sit above the models; it
+    # is imported on first use only (importing it loads the dataset code).
+    from axial_tf.experiment.pretrained import load_preset_model
+
+    return load_preset_model(name)
+
+
+models.presets.set_preset_loader(_load_preset_model)

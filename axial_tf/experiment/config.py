@@ -37,6 +37,7 @@ from axial_tf.experiment.config_validation import (  # noqa: F401  (ConfigError 
 )
 from axial_tf.experiment.tasks import TASKS
 from axial_tf.models.axial_deeplab import INSTANCE_DECODER_DEFAULTS, SEMANTIC_DECODER_DEFAULTS
+from axial_tf.presets.catalogue import lookup as lookup_preset
 from axial_tf.utils.files import write_text_atomically, writing
 
 CONFIG_FILENAME = "config.yaml"
@@ -289,7 +290,8 @@ class TrainingConfig:
         strategy: tf.distribute strategy.
         sync_batch_norm: Synchronise batch-norm statistics across replicas.
         init_checkpoint: Checkpoint to initialise from (partial restore) when
-            the model directory has no checkpoint yet.
+            the model directory has no checkpoint yet: a `.keras` file, an axial_tf or
+            DeepLab2 checkpoint, or `preset:NAME` (`python -m axial_tf.presets list`).
 
     Example:
         TrainingConfig(steps=2000, batch_size=8, mixed_precision="mixed_bfloat16")
@@ -592,6 +594,12 @@ def _check_consistency(config, collector):
         collector.add(("model", "backbone_overrides", "output_stride"),
                       "set model.output_stride instead")
 
+    init = config.training.init_checkpoint or ""
+    if init.startswith("preset:"):
+        try:
+            lookup_preset(init[len("preset:"):])
+        except ValueError as error:
+            collector.add(("training", "init_checkpoint"), str(error).rstrip("."))
     for key_path, problem in TASKS[config.model.task].config_problems(config):
         collector.add(key_path, problem)
 

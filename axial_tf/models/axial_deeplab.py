@@ -6,6 +6,7 @@ from keras import ops
 from axial_tf.layers import resize_bilinear_align_corners
 from axial_tf.models.backbone_registry import resolve_backbone
 from axial_tf.models.panoptic_decoder import PanopticDecoderBranch, PredictionHead
+from axial_tf.models.presets import PresetMixin
 
 SEMANTIC_DECODER_DEFAULTS = dict(
     feature_key="res5",
@@ -67,7 +68,7 @@ def decoder_settings(overrides, defaults):
 
 
 @keras.saving.register_keras_serializable(package="axial_tf")
-class AxialDeepLab(keras.Model):
+class AxialDeepLab(PresetMixin, keras.Model):
     """Panoptic-DeepLab with an (Axial-)ResNet backbone, as a functional Keras model.
 
     Takes float images in [0, 255] of any size (normalised inside the model) and

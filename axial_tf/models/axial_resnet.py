@@ -13,6 +13,7 @@ from keras import ops
 
 from axial_tf.layers import AxialBlock, ConvBN
 from axial_tf.layers.resized_fuse import ResizedFuse
+from axial_tf.models.presets import PresetMixin
 
 STEM_TYPES = ("resnet", "resnet_beta", "wider_resnet", "none")
 DROP_PATH_SCHEDULES = ("constant", "linear")
@@ -185,7 +186,7 @@ def drop_path_keep_prob_for(stride, keep_prob, schedule, beyond_stride):
 
 
 @keras.saving.register_keras_serializable(package="axial_tf")
-class AxialResNet(keras.Model):
+class AxialResNet(PresetMixin, keras.Model):
     """A configurable (Axial-)ResNet backbone returning multi-scale endpoints.
 
     Five stages at input strides 1, 2, 4, 8, 16 (stage 1 exists only for

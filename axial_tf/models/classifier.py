@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from axial_tf.models.backbone_registry import resolve_backbone
+from axial_tf.models.presets import PresetMixin
 
 # torchvision's ImageNet statistics, used by the PyTorch reference (csrhddlam/axial-deeplab).
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
@@ -55,7 +56,7 @@ def classification_metrics(top_k=5):
 
 
 @keras.saving.register_keras_serializable(package="axial_tf")
-class AxialResNetClassifier(keras.Model):
+class AxialResNetClassifier(PresetMixin, keras.Model):
     """An image classifier: backbone, global average pooling, dropout, dense logits.
 
     A functional model built in `__init__` on `(None, None, 3)` inputs, so it

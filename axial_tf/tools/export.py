@@ -1,6 +1,7 @@
 """Exports a trained model as a SavedModel for TF Serving (and, for classifiers, TFLite).
 
     axial-tf-export --config FILE.yaml --model_dir DIR --output exports/demo
+    axial-tf-export --preset axial_swidernet_1_1_1_os16_cityscapes --output exports/axial_deeplab
     axial-tf-export --config FILE.yaml --checkpoint DIR/checkpoints/ckpt-3000 --output exports/demo/3
     axial-tf-export --keras_model model.keras [--config FILE.yaml] --output exports/demo
 
@@ -43,6 +44,8 @@ flags.DEFINE_string("config", None, "Experiment config (.yaml or .gin); default 
 flags.DEFINE_string("model_dir", None, "Training directory; its latest checkpoint is exported.")
 flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (or directory of checkpoints) to export.")
 flags.DEFINE_string("keras_model", None, "A .keras model file to export.")
+flags.DEFINE_string("preset", None, "A pretrained preset to export (python -m axial_tf.presets list); --config may "
+                    "replace its shipped config.")
 flags.DEFINE_string(
     "output", None, "TF Serving base folder (a new version is added) or SavedModel version folder to write."
 )
@@ -92,9 +95,9 @@ def main(argv):
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)
-    sources = [name for name in ("model_dir", "checkpoint", "keras_model") if getattr(FLAGS, name)]
+    sources = [name for name in ("model_dir", "checkpoint", "keras_model", "preset") if getattr(FLAGS, name)]
     if len(sources) != 1:
-        raise app.UsageError("Give exactly one of --model_dir, --checkpoint and --keras_model.")
+        raise app.UsageError("Give exactly one of --model_dir, --checkpoint, --keras_model and --preset.")
     if not FLAGS.output:
         raise app.UsageError("--output is required.")
     import tensorflow as tf
@@ -110,8 +113,14 @@ def main(argv):
     from axial_tf.utils.errors import error_line
 
     try:
-        check_model_source(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.keras_model)  # before looking for a config
-        config = experiment_config_for(FLAGS.config, FLAGS.model_dir, FLAGS.override)
+        keras_model = FLAGS.keras_model
+        if FLAGS.preset:
+            from axial_tf.experiment.pretrained import preset_experiment
+
+            config, keras_model = preset_experiment(FLAGS.preset, FLAGS.config, FLAGS.override)
+        else:
+            check_model_source(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.keras_model)  # before looking for a config
+            config = experiment_config_for(FLAGS.config, FLAGS.model_dir, FLAGS.override)
         if FLAGS.tflite and config is not None:
             _check_tflite(config.model.task)
         module, saved_model_dir = export_model(
@@ -119,7 +128,7 @@ def main(argv):
             config=config,
             model_dir=FLAGS.model_dir,
             checkpoint=FLAGS.checkpoint,
-            keras_model=FLAGS.keras_model,
+            keras_model=keras_model,
             top_k=FLAGS.top_k,
             image_size=FLAGS.image_size,
             overwrite=FLAGS.overwrite,

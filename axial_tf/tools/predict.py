@@ -1,6 +1,7 @@
 """Runs a trained or exported model on image files and writes its predictions.
 
     axial-tf-predict --saved_model exports/demo/1 --input IMAGE_OR_FOLDER --output DIR [--overlay]
+    axial-tf-predict --preset axial_swidernet_1_1_1_os16_cityscapes --input photos/ --output preds/ --overlay
     axial-tf-predict --config FILE.yaml --model_dir DIR --input photos/ --output preds/ --format npy
     axial-tf-predict --config FILE.yaml (--checkpoint PREFIX | --keras_model FILE.keras) ...
 
@@ -41,6 +42,8 @@ flags.DEFINE_string("saved_model", None, "A SavedModel written by tools/export.p
 flags.DEFINE_string("model_dir", None, "Training directory; its latest checkpoint is used.")
 flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (or directory of checkpoints).")
 flags.DEFINE_string("keras_model", None, "A .keras model file.")
+flags.DEFINE_string("preset", None, "A pretrained preset (python -m axial_tf.presets list), fetched and converted "
+                    "once; --config may replace its shipped config.")
 flags.DEFINE_string("input", None, "An image file or a folder of images.")
 flags.DEFINE_string("output", None, "Output folder (created).")
 flags.DEFINE_enum("format", "png", ["png", "npy"], "File format of the raw label maps.")
@@ -66,6 +69,12 @@ def make_predictor():
         if FLAGS.config or FLAGS.override:
             print("note: --config/--override are ignored with --saved_model (its settings are baked in).")
         return Predictor.from_saved_model(FLAGS.saved_model)
+    if FLAGS.preset:
+        from axial_tf.experiment.pretrained import preset_experiment
+
+        config, keras_model = preset_experiment(FLAGS.preset, FLAGS.config, FLAGS.override)
+        return Predictor.from_experiment(config, keras_model=keras_model, top_k=FLAGS.top_k,
+                                         max_megapixels=FLAGS.max_megapixels or DEFAULT_MAX_MEGAPIXELS)
     check_model_source(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.keras_model)  # before looking for a config
     config = experiment_config_for(FLAGS.config, FLAGS.model_dir, FLAGS.override)
     return Predictor.from_experiment(
@@ -158,9 +167,11 @@ def main(argv):
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)
-    sources = [name for name in ("saved_model", "model_dir", "checkpoint", "keras_model") if getattr(FLAGS, name)]
+    sources = [name for name in ("saved_model", "model_dir", "checkpoint", "keras_model", "preset")
+               if getattr(FLAGS, name)]
     if len(sources) != 1:
-        raise app.UsageError("Give exactly one of --saved_model, --model_dir, --checkpoint and --keras_model.")
+        raise app.UsageError(
+            "Give exactly one of --saved_model, --model_dir, --checkpoint, --keras_model and --preset.")
     if not FLAGS.input or not FLAGS.output:
         raise app.UsageError("--input and --output are required.")
     import tensorflow as tf

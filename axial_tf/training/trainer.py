@@ -32,6 +32,7 @@ from axial_tf.experiment.checkpoints import (
     try_restore,
 )
 from axial_tf.experiment.config import CONFIG_FILENAME, CONFIG_HISTORY_FILENAME, save_config
+from axial_tf.experiment.pretrained import init_checkpoint_source
 from axial_tf.experiment.tasks import task_for_config
 from axial_tf.losses import check_finite
 from axial_tf.training.config_changes import check_resume_config
@@ -179,7 +180,7 @@ class Trainer:
             self.log(f"Resumed from {restored} (step {self.step}).")
             return "resumed"
         if self.config.training.init_checkpoint:
-            report = initialize_from(self.model, self.config.training.init_checkpoint)
+            report = initialize_from(self.model, init_checkpoint_source(self.config.training.init_checkpoint))
             self.log(
                 f"Initialised from {self.config.training.init_checkpoint}: {report['restored']} variables restored, "
                 f"{len(report['missing'])} not restored" + (f" ({', '.join(report['missing'][:20])}" +
