@@ -81,6 +81,9 @@ def test_resolve_and_initialize_from_a_model_directory(tiny_run):
 @pytest.mark.full
 def test_evaluator_needs_no_optimizer_and_reports_the_checkpoints_step(tiny_run, tmp_path):
     config, model_dir, _, prefix = tiny_run
+    # Another model built first in this process: Keras names the evaluator's random-generator
+    # states anew, which the restore tolerates (they are no weights).
+    build_model(config, sync_batch_norm=False)
     evaluator = Evaluator(config, model_dir, tf.distribute.get_strategy(), log=None)
     assert not hasattr(evaluator, "optimizer")
     assert evaluator.restore(model_dir) == prefix and evaluator.step == 7

@@ -34,6 +34,7 @@ from axial_tf.experiment.tasks import task_for_config, task_of_model
 from axial_tf.utils.files import ModelDirError, failure_reason, write_text_atomically
 
 CHECKPOINT_SUBDIR = "checkpoints"  # MODEL_DIR/checkpoints/ckpt-N
+RANDOM_STATE_SUFFIX = "seed_generator_state"  # Keras' random-generator state variables
 UNREADABLE_SUBDIR = "unreadable"
 STATE_FILENAME = "checkpoint"  # CheckpointManager's list of checkpoints in a directory
 # What TensorFlow's checkpoint reader raises for truncated, corrupt or missing files.
@@ -365,8 +366,14 @@ def restore_weights(model, source, config=None, extra_items=None):
     # The trainer's layout: every variable under its Keras path. Shapes and names are compared
     # first: a restore that fails inside TensorFlow leaves its pending values behind, which it
     # reports as warnings at exit, after the caller's error line.
-    items = model_checkpoint_items(model)
-    mismatch = _layout_mismatch(items["model_variables"], _checkpoint_shapes(prefix))
+    shapes = _checkpoint_shapes(prefix)
+    variables = model_checkpoint_items(model)["model_variables"]
+    # Random-generator states (dropout, drop path) are no weights: Keras names them by a process-wide
+    # counter, so a model built after another one in the same process looks for other names.
+    variables = {path: variable for path, variable in variables.items()
+                 if _variable_key(path) in shapes or not path.endswith(RANDOM_STATE_SUFFIX)}
+    items = {"model_variables": variables}
+    mismatch = _layout_mismatch(variables, shapes)
     if mismatch:
         raise ValueError(f"Checkpoint {prefix} does not hold every variable of the model the config "
                          f"describes{described}: {mismatch}.")
@@ -374,11 +381,16 @@ def restore_weights(model, source, config=None, extra_items=None):
     return prefix
 
 
+def _variable_key(path):
+    """The checkpoint key of the model variable at Keras path `path` (`model_checkpoint_items` layout)."""
+    return f"model_variables/{_escape(path)}/.ATTRIBUTES/VARIABLE_VALUE"
+
+
 def _layout_mismatch(variables, shapes, shown=5):
     """What keeps the checkpoint `shapes` (`{key: shape}`) from filling `variables` (`{path: variable}`), or ""."""
     missing, reshaped = [], []
     for path, variable in variables.items():
-        key = f"model_variables/{_escape(path)}/.ATTRIBUTES/VARIABLE_VALUE"
+        key = _variable_key(path)
         if key not in shapes:
             missing.append(path)
         elif tuple(shapes[key]) != tuple(variable.shape):
