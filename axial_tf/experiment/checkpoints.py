@@ -55,7 +55,7 @@ class UnreadableCheckpointError(ValueError):
                          + (f"; {advice}" if advice else "") + ".")
 
 
-def try_restore(checkpoint, prefix, partial=False, described=""):
+def try_restore(checkpoint, prefix, partial=False, described="", files_checked=False):
     """Restores `checkpoint` from `prefix` and checks that every object of it found its values.
 
     The files are read back completely first, so a damaged checkpoint fails before anything is
@@ -68,6 +68,8 @@ def try_restore(checkpoint, prefix, partial=False, described=""):
         partial: Allow values in the file that `checkpoint` does not use (e.g. the optimizer
             of a training checkpoint read for its weights).
         described: Words about the model for the mismatch error, e.g. " (backbone 'x')".
+        files_checked: The caller has just read every tensor back (`checkpoint_damage`), so
+            they are not read again.
 
     Returns:
         None on success, else the error to raise: an `UnreadableCheckpointError`, or a
@@ -75,7 +77,7 @@ def try_restore(checkpoint, prefix, partial=False, described=""):
         It is returned, not raised, so that callers can try another checkpoint and raise
         their own error outside TensorFlow's.
     """
-    damage = checkpoint_damage(prefix)
+    damage = None if files_checked else checkpoint_damage(prefix)
     if damage is not None:
         return UnreadableCheckpointError(prefix, damage)
     # A value whose variable does not exist yet is restored later, and that pending restore keeps
@@ -112,9 +114,9 @@ def checkpoint_damage(prefix):
     return None
 
 
-def restore_checkpoint(checkpoint, prefix, partial=False, described=""):
+def restore_checkpoint(checkpoint, prefix, partial=False, described="", files_checked=False):
     """`try_restore` that raises its error (see there for the arguments)."""
-    error = try_restore(checkpoint, prefix, partial=partial, described=described)
+    error = try_restore(checkpoint, prefix, partial=partial, described=described, files_checked=files_checked)
     if error is not None:
         raise error
 
@@ -377,7 +379,8 @@ def restore_weights(model, source, config=None, extra_items=None):
     if mismatch:
         raise ValueError(f"Checkpoint {prefix} does not hold every variable of the model the config "
                          f"describes{described}: {mismatch}.")
-    restore_checkpoint(tf.train.Checkpoint(**items, **(extra_items or {})), prefix, partial=True, described=described)
+    restore_checkpoint(tf.train.Checkpoint(**items, **(extra_items or {})), prefix, partial=True, described=described,
+                       files_checked=True)  # by _checkpoint_shapes
     return prefix
 
 
@@ -468,7 +471,8 @@ def initialize_from(model, path):
         key = "model_variables/" + _escape(path)
         if key in saved and tuple(shapes[key + "/.ATTRIBUTES/VARIABLE_VALUE"]) == tuple(variable.shape):
             present[path] = variable
-    restore_checkpoint(tf.train.Checkpoint(model_variables=present), prefix, partial=True)
+    restore_checkpoint(tf.train.Checkpoint(model_variables=present), prefix, partial=True,
+                       files_checked=True)  # by _checkpoint_shapes
     return {"restored": len(present), "missing": sorted(set(targets) - set(present))}
 
 

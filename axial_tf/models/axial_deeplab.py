@@ -67,6 +67,19 @@ def decoder_settings(overrides, defaults):
     return settings
 
 
+def decoder_branch(settings, name, **batch_norm):
+    """The `PanopticDecoderBranch` of checked decoder settings (see `decoder_settings`)."""
+    return PanopticDecoderBranch(
+        aspp_channels=settings["aspp_channels"],
+        decoder_channels=settings["decoder_channels"],
+        low_level_channels=settings["low_level_channels"],
+        atrous_rates=settings["atrous_rates"],
+        aspp_use_only_1x1_proj=settings["aspp_use_only_1x1_proj"],
+        name=name,
+        **batch_norm,
+    )
+
+
 @keras.saving.register_keras_serializable(package="axial_tf")
 class AxialDeepLab(PresetMixin, keras.Model):
     """Panoptic-DeepLab with an (Axial-)ResNet backbone, as a functional Keras model.
@@ -122,22 +135,11 @@ class AxialDeepLab(PresetMixin, keras.Model):
         if missing:
             raise ValueError(f"Decoder features {missing} are not backbone endpoints {sorted(endpoints)}.")
 
-        def branch(settings, name):
-            return PanopticDecoderBranch(
-                aspp_channels=settings["aspp_channels"],
-                decoder_channels=settings["decoder_channels"],
-                low_level_channels=settings["low_level_channels"],
-                atrous_rates=settings["atrous_rates"],
-                aspp_use_only_1x1_proj=settings["aspp_use_only_1x1_proj"],
-                name=name,
-                **bn,
-            )
-
         def features(settings):
             return [endpoints[settings["feature_key"]]] + [endpoints[k] for k in settings["low_level_feature_keys"]]
 
-        semantic_decoder_layer = branch(semantic, "semantic_decoder")
-        instance_decoder_layer = branch(instance, "instance_decoder")
+        semantic_decoder_layer = decoder_branch(semantic, "semantic_decoder", **bn)
+        instance_decoder_layer = decoder_branch(instance, "instance_decoder", **bn)
         semantic_features = semantic_decoder_layer(features(semantic))
         instance_features = instance_decoder_layer(features(instance))
         semantic_head = PredictionHead(num_classes, semantic["head_channels"], name="semantic_head", **bn)
@@ -167,8 +169,8 @@ class AxialDeepLab(PresetMixin, keras.Model):
             "trainable": self.trainable,
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "num_classes": self.num_classes,
-            "semantic_decoder": _jsonable(self.semantic_decoder_settings),
-            "instance_decoder": _jsonable(self.instance_decoder_settings),
+            "semantic_decoder": jsonable_settings(self.semantic_decoder_settings),
+            "instance_decoder": jsonable_settings(self.instance_decoder_settings),
             **self.batch_norm_settings,
         }
 
@@ -179,5 +181,6 @@ class AxialDeepLab(PresetMixin, keras.Model):
         return cls(**config)
 
 
-def _jsonable(settings):  # tuples as lists, as JSON round-trips them
+def jsonable_settings(settings):
+    """Decoder settings for `get_config`: tuples as lists, as JSON round-trips them."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}

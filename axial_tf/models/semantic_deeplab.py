@@ -4,9 +4,15 @@ import keras
 from keras import ops
 
 from axial_tf.layers import resize_bilinear_align_corners
-from axial_tf.models.axial_deeplab import SEMANTIC_DECODER_DEFAULTS, ImageNormalization, decoder_settings
+from axial_tf.models.axial_deeplab import (
+    SEMANTIC_DECODER_DEFAULTS,
+    ImageNormalization,
+    decoder_branch,
+    decoder_settings,
+    jsonable_settings,
+)
 from axial_tf.models.backbone_registry import resolve_backbone
-from axial_tf.models.panoptic_decoder import PanopticDecoderBranch, PredictionHead
+from axial_tf.models.panoptic_decoder import PredictionHead
 
 
 @keras.saving.register_keras_serializable(package="axial_tf")
@@ -55,11 +61,7 @@ class AxialSemanticDeepLab(keras.Model):
         missing = sorted(set(keys) - set(endpoints))
         if missing:
             raise ValueError(f"Decoder features {missing} are not backbone endpoints {sorted(endpoints)}.")
-        decoder = PanopticDecoderBranch(
-            aspp_channels=settings["aspp_channels"], decoder_channels=settings["decoder_channels"],
-            low_level_channels=settings["low_level_channels"], atrous_rates=settings["atrous_rates"],
-            aspp_use_only_1x1_proj=settings["aspp_use_only_1x1_proj"], name="semantic_decoder", **bn,
-        )
+        decoder = decoder_branch(settings, "semantic_decoder", **bn)
         head = PredictionHead(num_classes, settings["head_channels"], name="semantic_head", **bn)
         logits = head(decoder([endpoints[key] for key in keys]))  # [B, H/4, W/4, classes]
         outputs = {"semantic_logits": ResizeLogitsToInput(name="resize_to_input", dtype="float32")(images, logits)}
@@ -77,8 +79,7 @@ class AxialSemanticDeepLab(keras.Model):
             "trainable": self.trainable,
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "num_classes": self.num_classes,
-            "semantic_decoder": {k: list(v) if isinstance(v, tuple) else v
-                                 for k, v in self.semantic_decoder_settings.items()},
+            "semantic_decoder": jsonable_settings(self.semantic_decoder_settings),
             **self.batch_norm_settings,
         }
 

@@ -95,6 +95,10 @@ class Task:
         """The model the config describes (`sync_batch_norm` default: `training.sync_batch_norm`)."""
         raise NotImplementedError
 
+    def _sync_batch_norm(self, requested):
+        """`requested`, or the config's `training.sync_batch_norm` when it is None."""
+        return self.config.training.sync_batch_norm if requested is None else requested
+
     def losses(self, model, batch, training=True):
         """Per-replica mean losses of a batch: a dict with `total_loss`."""
         raise NotImplementedError

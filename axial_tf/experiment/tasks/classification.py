@@ -36,7 +36,7 @@ class ClassificationTask(Task):
 
     def build_model(self, sync_batch_norm=None):
         model = self.config.model
-        sync = self.config.training.sync_batch_norm if sync_batch_norm is None else sync_batch_norm
+        sync = self._sync_batch_norm(sync_batch_norm)
         return AxialResNetClassifier(
             model.backbone,
             num_classes=model.num_classes,

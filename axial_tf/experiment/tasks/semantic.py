@@ -39,7 +39,7 @@ class SemanticTask(SegmentationTask):
 
     def build_model(self, sync_batch_norm=None):
         model = self.config.model
-        sync = self.config.training.sync_batch_norm if sync_batch_norm is None else sync_batch_norm
+        sync = self._sync_batch_norm(sync_batch_norm)
         return AxialSemanticDeepLab(
             model.backbone,
             num_classes=model.num_classes,
