@@ -4,6 +4,8 @@ Every benchmark script runs in its own process (started by `run_all.py`), sets
 TensorFlow to `THREADS` threads before any op runs, and prints one JSON record
 per measurement on a line starting with `RECORD_PREFIX`, so the driver can
 collect results from any mix of scripts. Nothing here asserts on timings.
+TensorFlow is imported only inside the functions that use it, so the
+TensorFlow-free `gpu_speed.py` (JAX and PyTorch backends) shares the rest.
 """
 
 import json
@@ -70,14 +72,14 @@ def wait(result):
         tensor.numpy()
 
 
-def time_call(fn):
-    """Seconds of one call of `fn`, including waiting for its outputs."""
+def time_call(fn, wait=wait):
+    """Seconds of one call of `fn`, including waiting (`wait`) for its outputs."""
     start = time.perf_counter()
     wait(fn())
     return time.perf_counter() - start
 
 
-def interleaved_seconds(functions, rounds, warmup=1, calls_per_turn=1):
+def interleaved_seconds(functions, rounds, warmup=1, calls_per_turn=1, wait=wait):
     """Times several functions in alternation, so machine load hits them alike.
 
     Args:
@@ -87,6 +89,8 @@ def interleaved_seconds(functions, rounds, warmup=1, calls_per_turn=1):
         calls_per_turn: consecutive timed calls in each turn. Repeated calls are what a
             loop makes; the first call of a turn follows another function's (a 4096^2
             matmul evicts every cache) and runs a few percent slower.
+        wait: blocks until a call's result is computed; TensorFlow's by default
+            (`gpu_speed.py` passes its JAX or PyTorch one).
 
     Returns:
         dict name -> list of `rounds * calls_per_turn` durations in seconds.
@@ -97,7 +101,7 @@ def interleaved_seconds(functions, rounds, warmup=1, calls_per_turn=1):
     times = {name: [] for name in functions}
     for _ in range(rounds):
         for name, fn in functions.items():
-            times[name].extend(time_call(fn) for _ in range(calls_per_turn))
+            times[name].extend(time_call(fn, wait) for _ in range(calls_per_turn))
     return times
 
 

@@ -365,6 +365,196 @@ def _demo_section():
     )
 
 
+def _bytes(value):
+    if value is None:
+        return "—"
+    if value >= 2**30:
+        return f"{value / 2**30:.2f} GiB"
+    return f"{value / 2**20:.1f} MiB" if value >= 2**20 else f"{value / 2**10:.0f} KiB"
+
+
+def _rate(value):
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}" if value >= 1 else f"{value:.2f}"
+
+
+def _gpu_cells(row):
+    """Time, images/s and peak memory of a `gpu_speed.py` row, or its status where it did not run."""
+    if row is None:
+        return ["—"] * 3
+    if row["status"] != "ok":
+        return [row["status"].split(":")[0], "—", "—"]
+    return [_ms(row["median_ms"]), _rate(row["images_per_second"]), _bytes(row["peak_memory_bytes"])]
+
+
+def _speed_up(slow, fast):
+    """slow / fast median time of two `gpu_speed.py` rows, where both ran."""
+    if slow is None or fast is None or slow["status"] != "ok" or fast["status"] != "ok":
+        return "—"
+    return f"{slow['median_ms'] / fast['median_ms']:.2f}x"
+
+
+def _gpu_run_line(name, run):
+    environment, settings = run["environment"], run["settings"]
+    if run["backend"] == "jax":
+        library = f"jax {environment.get('jax')} (jaxlib {environment.get('jaxlib')})"
+    else:
+        library = f"torch {environment.get('torch')} (CUDA {environment.get('cuda')}, cuDNN {environment.get('cudnn')})"
+    device = (f"**{environment.get('device_name', '?')}**" if run["device"] == "gpu"
+              else f"the CPU ({environment.get('device_name', '?')}): **a smoke run of the code, not GPU numbers**")
+    return (f"- `{name}`: **{run['backend']}** on {device}, {run['started'].replace('T', ' ')}, "
+            f"{run.get('elapsed_seconds', 0) / 60:.1f} min; {library}, Keras {environment.get('keras')}, "
+            f"Python {environment.get('python')}; float32 matmuls: {environment.get('float32_matmul')}; "
+            f"median of {settings['steps']} (layers) / {settings['model_steps']} (models) timed steps after "
+            f"{settings['warmup']} warm-up call(s); peak memory: {environment.get('memory_measure', '?')}. "
+            f"Command: `{run['command']}`.")
+
+
+def _gpu_layer_table(runs):
+    rows = {}
+    for run in runs:
+        for row in run["rows"]:
+            rows[row["kind"], row["case"], row["impl"], row["mode"], run["backend"], row["dtype"]] = row
+    layer_rows = [key for key in rows if key[0] == "layer"]
+    table = []
+    for case in dict.fromkeys(key[1] for key in layer_rows):
+        for mode in ("forward", "training"):
+            for backend in dict.fromkeys(run["backend"] for run in runs):
+                for dtype in ("float32", "bfloat16"):
+                    axial = rows.get(("layer", case, "axial", mode, backend, dtype))
+                    full = rows.get(("layer", case, "full", mode, backend, dtype))
+                    if axial is None and full is None:
+                        continue
+                    axial_float32 = rows.get(("layer", case, "axial", mode, backend, "float32"))
+                    table.append([case, mode, backend, dtype, *_gpu_cells(axial), *_gpu_cells(full),
+                                  _speed_up(full, axial),
+                                  _speed_up(axial_float32, axial) if dtype == "bfloat16" else "—"])
+    return _table(["case", "mode", "backend", "dtype", "axial", "axial images/s", "axial peak memory",
+                   "full 2-D", "full images/s", "full peak memory", "axial speed-up over full",
+                   "axial bfloat16 speed-up"], table)
+
+
+def _gpu_model_table(runs):
+    table = []
+    for mode in ("inference", "training"):
+        for model in ("axial_deeplab_s", "axial_deeplab_l"):
+            for run in runs:
+                found = {row["dtype"]: row for row in run["rows"]
+                         if row["kind"] == "model" and row["case"] == model and row["mode"] == mode}
+                for dtype, row in found.items():
+                    size = run["settings"][mode]
+                    batch = row.get("batch", size[0])
+                    note = (f"batch {', '.join(map(str, row['out_of_memory_batches']))}: OOM"
+                            if row.get("out_of_memory_batches") else "")
+                    table.append([model, mode, f"{size[1]} x {size[2]}", batch, run["backend"], dtype,
+                                  *_gpu_cells(row),
+                                  _speed_up(found.get("float32"), row) if dtype == "bfloat16" else "—", note])
+    return _table(["model", "mode", "image", "batch", "backend", "dtype", "time per step", "images/s",
+                   "peak memory", "bfloat16 speed-up", "note"], table)
+
+
+def gpu_section(paths=None):
+    """The GPU section: the JSON of `benchmarks/gpu_speed.py` runs (default: results/gpu_<backend>_gpu.json)."""
+    paths = sorted((BENCH_DIR / "results").glob("gpu_*_gpu.json")) if paths is None else paths
+    title = "## GPU: the JAX and PyTorch backends (`benchmarks/gpu_speed.py`, run separately)\n\n"
+    if not paths:
+        return title + (
+            "Pending: no GPU result yet (no GPU machine was lent to the sessions so far). On a GPU machine with JAX and "
+            "PyTorch (no TensorFlow needed), `bash benchmarks/gpu_device_run.sh DIR` writes "
+            "`gpu_torch_gpu.json` and `gpu_jax_gpu.json`; copied into `benchmarks/results/`, "
+            "`python benchmarks/run_all.py --report_only` renders them here.")
+    runs = [json.loads(pathlib.Path(path).read_text()) for path in paths]
+    settings = runs[0]["settings"]
+    runs_text = "\n".join(_gpu_run_line(pathlib.Path(path).name, run) for path, run in zip(paths, runs))
+    return title + runs_text + """
+
+Layer rows: `AxialAttention2D` (8 heads, key_expansion 1, value_expansion 2) on the cases of the layer
+table above (each JSON row holds its shape), against full 2-D self-attention over all H*W positions
+with the same widths (one qkv projection, softmax over all positions: the [B, heads, HW, HW] logits are
+materialised). training = forward + gradients w.r.t. the input and every weight for a fixed output
+gradient. Axial speed-up over full = full time / axial time. dtype bfloat16 is the Keras policy
+mixed_bfloat16; its speed-up = float32 time / bfloat16 time. images/s = batch / median step time.
+"OOM": the device ran out of memory; "not run": the run's time budget was spent before the case's
+process started; "stopped": the case's process passed its time cap.
+
+""" + _gpu_layer_table(runs) + f"""
+
+Axial-DeepLab-S and -L (19 classes, registry settings). A training step is forward, loss
+({settings['loss']}), gradients and an update ({settings['optimizer']}): one jitted step on JAX,
+eager autograd on PyTorch; its batch is the largest that fits, from {settings['training'][0]} halved
+after each out-of-memory error.
+
+""" + _gpu_model_table(runs)
+
+
+def _serving_rows(rows):
+    """Table rows of `serving_speed.py`, with each variant's speed-up over the float32 SavedModel of its case."""
+    reference = {(row["model"], tuple(row["size"])): row["median_ms"] for row in rows
+                 if row["variant"] == "saved_model"}
+    table = []
+    for row in rows:
+        saved_model_ms = reference.get((row["model"], tuple(row["size"])))
+        differing = row.get("panoptic_pixels_differing_from_float32")
+        table.append([
+            row["model"], f"{row['size'][0]} x {row['size'][1]}", row["format"], row["precision"],
+            _ms(row["median_ms"]), f"{_ms(row['min_ms'])} – {_ms(row['max_ms'])}",
+            _rate(row["images_per_second"]),
+            f"{saved_model_ms / row['median_ms']:.2f}x" if saved_model_ms else "—",
+            f"{row['cores_busy']:.1f}", f"{row['load_seconds']:.1f} s", f"{row['peak_rss_mb'] / 1024:.2f} GiB",
+            "—" if differing is None else f"{differing:,} of {row['pixels']:,}",
+        ])
+    return table
+
+
+def _serving_fastest(rows):
+    """One line per case: the fastest float32 variant and its ratio over the SavedModel."""
+    lines = []
+    for case in dict.fromkeys((row["model"], tuple(row["size"])) for row in rows):
+        case_rows = [row for row in rows if (row["model"], tuple(row["size"])) == case]
+        float32 = [row for row in case_rows if row["precision"] == "float32"]
+        if not float32:
+            continue
+        fastest = min(float32, key=lambda row: row["median_ms"])
+        saved_model = next((row for row in case_rows if row["variant"] == "saved_model"), None)
+        ratio = f", {saved_model['median_ms'] / fastest['median_ms']:.2f}x the SavedModel's speed" if saved_model else ""
+        lines.append(f"- {case[0]} at {case[1][0]} x {case[1][1]}: fastest float32 path **{fastest['format']}** "
+                     f"({_ms(fastest['median_ms'])}{ratio}).")
+    return "\n".join(lines)
+
+
+def serving_section(path=None):
+    """The CPU serving section: `benchmarks/serving_speed.py`'s JSON (default: results/serving_speed.json)."""
+    path = pathlib.Path(path or BENCH_DIR / "results" / "serving_speed.json")
+    title = "## CPU serving: SavedModel, ONNX Runtime, OpenVINO and LiteRT (`benchmarks/serving_speed.py`, run separately)\n\n"
+    if not path.exists():
+        return title + ("Not measured yet: run `python benchmarks/serving_speed.py` (about an hour on 2 cores), then "
+                        "`python benchmarks/run_all.py --report_only`.")
+    run = json.loads(path.read_text())
+    machine, settings = run["versions"], run["settings"]
+    failures = "".join(f"\n- Did not complete: {failure}" for failure in run["failures"])
+    return title + f"""From `{path.relative_to(BENCH_DIR.parent) if path.is_relative_to(BENCH_DIR.parent) else path}`: \
+{datetime.datetime.fromisoformat(run['started']):%Y-%m-%d %H:%M} on {machine.get('cpu', '?')}, \
+{run['elapsed_seconds'] / 60:.0f} min, load average at start {run['load'][0]}, at end {run['load'][1]}; TensorFlow \
+{machine.get('tensorflow', '?')}, onnxruntime {machine.get('onnxruntime', '?')} (tf2onnx {machine.get('tf2onnx', '?')}), \
+OpenVINO {machine.get('openvino', '?')}, ai-edge-litert {machine.get('ai-edge-litert', '?')}. Command: `{run['command']}`.
+
+The Cityscapes Panoptic-DeepLab (19 classes, random weights and batch-norm statistics) exported once per
+format by the project's export code at batch {settings['batch']} (LiteRT fixed at the measured size), loaded
+with `load_exported` and called on a uint8 image: pre-processing, network and post-processing, as
+`tools/predict.py --model` runs them. Each variant runs in its own process per round ({settings['rounds']}
+round(s), the variants taking turns; one warm-up call, then {settings['calls']} timed call(s)), pinned to
+{settings['threads']} cores; TensorFlow on {settings['threads']} intra- and inter-op threads, the other runtimes
+with the thread settings `load_exported` gives them. "cores busy" = CPU time / wall time of the timed calls.
+Latency = median (spread: fastest – slowest call); images/s at batch 1 = 1 / median; speed-up = the
+float32 SavedModel's median / this one. Peak RSS: ru_maxrss of that process (TensorFlow's import, which
+`load_exported` needs, included). bfloat16: OpenVINO's INFERENCE_PRECISION_HINT=bf16; TensorFlow's Grappler
+`auto_mixed_precision_onednn_bfloat16`; the last column counts the panoptic pixels that differ from the
+same format's float32 map on the benchmark image. ONNX Runtime and LiteRT offer no bfloat16 CPU option.
+
+""" + _table(["model", "image", "format", "precision", "latency", "spread", "images/s", "speed-up vs SavedModel",
+              "cores busy", "load", "peak RSS", "panoptic px ≠ float32"], _serving_rows(run["rows"])) + (
+        "\n\n" + _serving_fastest(run["rows"]) + failures)
+
+
 def _problems(results):
     failed = [(section, " ".join(args), status) for section, args, _, status in results if status != "ok"]
     if not failed:
@@ -399,6 +589,8 @@ def write_report(path, results, versions, quick, started, elapsed_seconds, load,
         _training_section(results),
         _resume_section(results),
         _demo_section(),
+        gpu_section(),
+        serving_section(),
         _problems(results),
     ]
     pathlib.Path(path).write_text("\n\n".join(sections) + "\n")

@@ -5,6 +5,11 @@
     python benchmarks/run_all.py --report_only  # rewrite BENCHMARKS.md from the last run's raw results
     python benchmarks/run_all.py --sections resume_cost  # measure one section again, keep the rest
 
+Run separately and folded in by the report (`--report_only` after them): `demo_run.py`
+(the offline demo), `gpu_speed.py` (GPU machines) and `serving_speed.py` (CPU serving through
+SavedModel, ONNX Runtime, OpenVINO and LiteRT; about an hour on 2 cores, writes
+results/serving_speed.json).
+
 Each measurement runs in its own process (TensorFlow on 2 threads) under a
 memory and time limit enforced from here; a case that exceeds them is reported
 as such, not dropped. Comparisons (baseline vs current layer, execution modes,

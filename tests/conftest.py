@@ -21,6 +21,10 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 IN_REPO_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "reference"
 SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
 FIXTURES_ENV = "AXIAL_TF_FIXTURES"
+# tests/backends/ runs on the JAX and PyTorch backends in a TensorFlow-free environment
+# (`./run backend-tests jax|torch`); the TensorFlow suite does not collect it.
+KERAS_BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
+collect_ignore = ["backends"] if KERAS_BACKEND == "tensorflow" else []
 
 
 def _listed_roots():
@@ -136,3 +140,16 @@ def pytest_collection_modifyitems(items):
         if test in first_cases:
             item.add_marker(pytest.mark.full)
         first_cases.add(test)
+
+
+def randomize_batch_norms(layer, seed=0, scale_range=(0.5, 1.5), shift_std=0.1):
+    """Gives every batch norm of `layer` random gammas and variances (uniform in `scale_range`) and
+    betas and means (normal, `shift_std`), so that its statistics matter (in place)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for variable in layer.weights:
+        if variable.path.endswith(("gamma", "moving_variance")):
+            variable.assign(rng.uniform(*scale_range, variable.shape).astype("float32"))
+        elif variable.path.endswith(("beta", "moving_mean")):
+            variable.assign(rng.normal(0.0, shift_std, variable.shape).astype("float32"))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import keras
-from conftest import fixture_files
+from conftest import fixture_files, randomize_batch_norms
 from axial_tf.layers import resize_bilinear_align_corners
 from axial_tf.layers.resized_fuse import ResizedFuse
 from axial_tf.models import AxialResNet, backbone_config, endpoint_strides, get_backbone, list_backbones, stage_plan
@@ -101,21 +101,12 @@ def test_endpoints_shapes_and_relu():
         np.testing.assert_array_equal(np.asarray(outputs[f"res{i}"]), np.maximum(np.asarray(outputs[f"stage{i}"]), 0))
 
 
-def _randomise_bn(model, seed=0):
-    rng = np.random.default_rng(seed)
-    for variable in model.weights:
-        if variable.path.endswith(("gamma", "moving_variance")):
-            variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
-        elif variable.path.endswith(("beta", "moving_mean")):
-            variable.assign(rng.normal(0, 0.1, variable.shape).astype("float32"))
-
-
 @pytest.mark.parametrize("name", ["axial_deeplab_s", "max_deeplab_s_backbone", "swidernet"])
 @pytest.mark.sweep
 def test_any_input_size_after_first_call(name):
     """A model first called at one size gives, at another size, what a fresh copy gives."""
     model = _tiny(name, attention={"num_heads": 2}, stem_width_multiplier=0.0625, width_multiplier=0.03125)
-    _randomise_bn(model)
+    randomize_batch_norms(model)
     model(np.zeros((1, 33, 33, 3), "float32"))
     image = np.random.default_rng(1).normal(size=(2, 41, 23, 3)).astype("float32")
     fresh = AxialResNet.from_config(model.get_config())
@@ -132,7 +123,7 @@ def test_atrous_output_stride_8_matches_16(name):
     """Convolutional backbones: OS 8 features, subsampled, equal OS 16 features (same weights)."""
     os16 = _tiny(name, output_stride=16, stem_width_multiplier=0.0625)
     os8 = _tiny(name, output_stride=8, stem_width_multiplier=0.0625)
-    _randomise_bn(os16)
+    randomize_batch_norms(os16)
     os8.set_weights(os16.get_weights())
     image = np.random.default_rng(2).normal(size=(1, 49, 49, 3)).astype("float32")
     a, b = os16(image), os8(image)
@@ -258,7 +249,7 @@ def test_stacked_decoder_endpoints_at_odd_sizes(size):
 def test_stacked_decoder_any_input_size_and_config_round_trip():
     """Built on one size, the decoder gives at another size what a fresh copy from its config gives."""
     model = _tiny_max_deeplab_l()
-    _randomise_bn(model)
+    randomize_batch_norms(model)
     model(np.zeros((1, 33, 33, 3), "float32"))
     fresh = AxialResNet.from_config(model.get_config())
     fresh.set_weights(model.get_weights())

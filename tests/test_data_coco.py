@@ -621,7 +621,7 @@ def test_rebuild_on_change_rebuilds_and_removes_the_old_records(tmp_path):
     builder = data.prepare(_folder_builder(src, tmp_path / "tfds", rebuild_on_change=True))
     assert data.dataset_info_from_builder(builder).class_names == ("road", "cloud", "person", "car")
     assert sorted(_records_by_name(builder, "train")) == ["img0.png", "img1.png"]
-    assert sorted(os.listdir(pathlib.Path(builder.data_dir).parent)) == ["1.0.0"]
+    assert sorted(os.listdir(pathlib.Path(builder.data_dir).parent)) == [str(builder.VERSION)]
     # The rebuilt dataset matches its sources: a builder without the option loads it.
     reloaded = data.prepare(_folder_builder(src, tmp_path / "tfds"))
     assert reloaded.info.splits["train"].num_examples == 2
@@ -635,7 +635,7 @@ def test_failed_rebuild_keeps_the_old_records(tmp_path):
     )
     with pytest.raises(data.DataValidationError, match="category_id 99"):
         data.prepare(_folder_builder(src, tmp_path / "tfds", rebuild_on_change=True))
-    assert sorted(os.listdir(pathlib.Path(prepared.data_dir).parent)) == ["1.0.0"]
+    assert sorted(os.listdir(pathlib.Path(prepared.data_dir).parent)) == [str(prepared.VERSION)]
     old = _folder_builder(src, tmp_path / "tfds")
     assert sorted(_records_by_name(old, "train")) == ["img0.png", "img1.png", "img2.png"]
 

@@ -104,7 +104,7 @@ def test_conv_bn_row_band_plan(monkeypatch):
     expected = np.asarray(layer(x))
     with runtime_settings(max_im2col_elements=3 * 9 * 5 * 2):  # 2 output rows of 5 columns
         np.testing.assert_allclose(np.asarray(layer(x)), expected, atol=1e-6)
-    (_, out_rows, band), = band_calls
+    (_, out_rows, band, _, _), = band_calls
     assert (out_rows, band) == (5, 2)
     assert "max_im2col_elements" not in layer.get_config()
 

@@ -1,8 +1,11 @@
 """Tests of the Panoptic-DeepLab losses (axial_tf.losses).
 
 Golden values are worked out by hand in the tests; random cases are checked
-against `_reference_losses`, a slow float64 numpy implementation of DeepLab2's
-averaging (per image: weighted pixel losses, top-k, sum / number of non-zero).
+against `loss_reference.reference_losses`, a slow float64 numpy implementation of
+DeepLab2's averaging (per image: weighted pixel losses, top-k, sum / number of
+non-zero), which the backend suite (tests/backends/) shares. The Keras `fit`
+form (`PanopticLoss.keras_losses`, `fit_targets`) is checked against
+`PanopticLoss` itself through `compile`, `evaluate`, `fit` and a tf.data map.
 """
 
 import math
@@ -11,11 +14,13 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from conftest import REPO_ROOT
+from loss_reference import reference_losses, tiny_panoptic_model
 
 from axial_tf.losses import (
     LOSS_NAMES,
@@ -25,40 +30,6 @@ from axial_tf.losses import (
     check_finite,
 )
 from axial_tf.targets import PanopticTargetGenerator
-
-
-def _reference_average(pixel_losses, top_k_percent):
-    """Slow DeepLab2 per-image average of one image's weighted losses."""
-    flat = np.asarray(pixel_losses, np.float64).reshape(-1)
-    k = int(np.round(np.float32(top_k_percent) * np.float32(flat.size)))
-    kept = np.sort(flat)[::-1][:k]
-    num_non_zero = np.count_nonzero(kept)
-    return kept.sum() / num_non_zero if num_non_zero else 0.0
-
-
-def _reference_losses(targets, predictions, weights=(1.0, 200.0, 0.01), top_k=(0.2, 1.0, 1.0)):
-    """Slow float64 per-image losses: dict name -> [B]."""
-    per_image = {name: [] for name in LOSS_NAMES}
-    for b in range(len(targets["semantic_label"])):
-        logits = np.asarray(predictions["semantic_logits"][b], np.float64)
-        labels = np.asarray(targets["semantic_label"][b])
-        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        cross_entropy = np.zeros(labels.shape)
-        for y, x in np.ndindex(labels.shape):
-            if labels[y, x] != 255:
-                cross_entropy[y, x] = -log_probs[y, x, labels[y, x]]
-        semantic = cross_entropy * targets["semantic_weights"][b]
-        center = (targets["center_heatmap"][b] - np.asarray(
-            predictions["center_heatmap"][b], np.float64)) ** 2 * targets["center_weights"][b]
-        offset = np.abs(targets["offset_map"][b] - np.asarray(
-            predictions["offset_map"][b], np.float64)).mean(-1) * targets["offset_weights"][b]
-        values = [
-            weight * _reference_average(loss, k)
-            for weight, loss, k in zip(weights, (semantic, center, offset), top_k)
-        ]
-        for name, value in zip(LOSS_NAMES, values + [sum(values)]):
-            per_image[name].append(value)
-    return {name: np.array(values) for name, values in per_image.items()}
 
 
 def _random_inputs(seed, batch=2, height=6, width=7, num_classes=4):
@@ -209,7 +180,7 @@ def test_random_inputs_match_numpy_reference(seed, top_k):
     loss_fn = PanopticLoss(
         top_k_percent=top_k[0], center_top_k_percent=top_k[1], offset_top_k_percent=top_k[2]
     )
-    expected = _reference_losses(targets, predictions, top_k=top_k)
+    expected = reference_losses(targets, predictions, top_k=top_k)
     per_image = _numpy(loss_fn.per_image(targets, predictions))
     batch_mean = _numpy(loss_fn(targets, predictions))
     for name in LOSS_NAMES:
@@ -341,11 +312,108 @@ def test_config_round_trip():
     clone = PanopticLoss.from_config(loss_fn.get_config())
     assert clone.get_config() == loss_fn.get_config()
     targets, predictions = _random_inputs(10)
-    expected = _reference_losses(
+    expected = reference_losses(
         targets, predictions, weights=(2.0, 100.0, 0.01), top_k=(0.3, 1, 1)
     )
     np.testing.assert_allclose(clone(targets, predictions)["total_loss"],
                                expected["total_loss"].mean(), rtol=2e-5)
+
+
+def test_out_of_range_label_under_xla_is_a_nan_loss_for_its_image():
+    # XLA drops the label asserts; the image's loss turns NaN instead of a plausible value.
+    targets, predictions = _random_inputs(11)
+    targets["semantic_label"][1, 2, 3] = 7  # logits have 4 classes
+    per_image = tf.function(PanopticLoss().per_image, jit_compile=True)
+    semantic = per_image(targets, predictions)["semantic_loss"].numpy()
+    assert np.isfinite(semantic[0]) and np.isnan(semantic[1])
+
+
+_FIT_LOSS = PanopticLoss(semantic_weight=3.0, top_k_percent=0.3, center_top_k_percent=0.5)
+_FIT_TOP_K = (0.3, 0.5, 1.0)
+
+
+def _fit_case(seed):
+    """A compiled tiny model, its images and targets (batch 2, 6x7, 4 classes)."""
+    targets, _ = _random_inputs(seed)
+    images = np.random.default_rng(seed).normal(size=(2, 6, 7, 3)).astype(np.float32)
+    model = tiny_panoptic_model(num_classes=4)
+    model.compile(optimizer=keras.optimizers.Adam(0.1), loss=_FIT_LOSS.keras_losses())
+    return model, images, targets
+
+
+@pytest.mark.parametrize("feed", ["arrays", "tf.data map"])
+def test_compiled_keras_losses_report_the_panoptic_loss(feed):
+    model, images, targets = _fit_case(12)
+    if feed == "arrays":
+        reported = model.evaluate(images, _FIT_LOSS.fit_targets(targets), batch_size=2,
+                                  return_dict=True, verbose=0)
+    else:  # fit_targets packs one example at a time, on tf tensors
+        dataset = tf.data.Dataset.from_tensor_slices((images, targets))
+        dataset = dataset.map(lambda image, target: (image, _FIT_LOSS.fit_targets(target)))
+        reported = model.evaluate(dataset.batch(2), return_dict=True, verbose=0)
+    predictions = {k: v.numpy() for k, v in model(images).items()}
+    expected = _numpy(_FIT_LOSS(targets, predictions))
+    reference = reference_losses(targets, predictions, weights=(3.0, 200.0, 0.01), top_k=_FIT_TOP_K)
+    for output, name in [("semantic_logits", "semantic_loss"), ("center_heatmap", "center_loss"),
+                         ("offset_map", "offset_loss"), (None, "total_loss")]:
+        value = reported["loss" if output is None else f"{output}_loss"]
+        np.testing.assert_allclose(value, expected[name], rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(value, reference[name].mean(), rtol=2e-5, err_msg=name)
+    compute_loss = model.compute_loss(
+        x=images, y=_FIT_LOSS.fit_targets(targets), y_pred=model(images), training=False
+    )
+    np.testing.assert_allclose(compute_loss, expected["total_loss"], rtol=1e-6)
+
+
+def test_fit_trains_every_head_on_the_panoptic_loss():
+    model, images, targets = _fit_case(13)
+    packed = _FIT_LOSS.fit_targets(targets)
+    before = model.evaluate(images, packed, batch_size=2, verbose=0)[0]
+    kernels = {name: model.get_layer(name).kernel.numpy()
+               for name in ("semantic_head", "center_head", "offset_head")}
+    history = model.fit(images, packed, batch_size=2, epochs=1, shuffle=False, verbose=0)
+    # The step reports the loss of the weights it started from, then moves every head.
+    np.testing.assert_allclose(history.history["loss"][0], before, rtol=1e-6)
+    for name, kernel in kernels.items():
+        assert np.any(model.get_layer(name).kernel.numpy() != kernel), name
+
+
+@pytest.mark.full  # test_fit_losses_serialize_with_their_config covers the configs cheaply
+def test_compiled_model_saves_and_loads_its_panoptic_losses(tmp_path):
+    model, images, targets = _fit_case(14)
+    packed = _FIT_LOSS.fit_targets(targets)
+    model.fit(images, packed, batch_size=2, verbose=0)  # builds the optimizer state it saves
+    path = str(tmp_path / "tiny.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(
+        loaded.evaluate(images, packed, batch_size=2, verbose=0),
+        model.evaluate(images, packed, batch_size=2, verbose=0),
+        rtol=1e-6,
+    )
+
+
+def test_fit_losses_serialize_with_their_config():
+    targets, predictions = _random_inputs(15)
+    packed = _FIT_LOSS.fit_targets(targets)
+    for output, loss in _FIT_LOSS.keras_losses().items():
+        clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
+        assert type(clone) is type(loss) and clone.get_config() == loss.get_config()
+        np.testing.assert_array_equal(clone(packed[output], predictions[output]),
+                                      loss(packed[output], predictions[output]))
+    assert _FIT_LOSS.keras_losses()["semantic_logits"].get_config() == {
+        "name": "semantic_loss", "reduction": "sum_over_batch_size", "weight": 3.0,
+        "top_k_percent": 0.3, "ignore_label": 255,
+    }
+
+
+def test_fit_loss_refuses_an_unpacked_target_and_fit_targets_a_missing_key():
+    targets, predictions = _random_inputs(16)
+    semantic = PanopticLoss().keras_losses()["semantic_logits"]
+    with pytest.raises(ValueError, match=r"'semantic_logits' target must be \[B, H, W, 2\]"):
+        semantic(targets["semantic_label"], predictions["semantic_logits"])
+    with pytest.raises(ValueError, match="missing key 'center_weights'"):
+        PanopticLoss().fit_targets({k: v for k, v in targets.items() if k != "center_weights"})
 
 
 _DISTRIBUTED_SCRIPT = textwrap.dedent(

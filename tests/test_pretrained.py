@@ -111,7 +111,7 @@ def test_preset_experiment_gives_the_tools_a_config_and_a_model_file(fixture_pre
 
 @pytest.mark.full
 def test_tools_take_a_preset_name(tmp_path, release_archive):
-    """predict and export with --preset, from a cache that holds the preset's converted model."""
+    """predict, export and evaluate with --preset, from a cache that holds the preset's converted model."""
     import PIL.Image
 
     from training_helpers import assert_one_line_error, run_tool
@@ -142,6 +142,12 @@ def test_tools_take_a_preset_name(tmp_path, release_archive):
     result = run_tool("export", "--preset", name, "--config", config_path, "--output", tmp_path / "export", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "export" / "saved_model.pb").exists() or list((tmp_path / "export").glob("*/saved_model.pb"))
+    # evaluate: the preset's model on the config's evaluation data (the tiny generated dataset here).
+    result = run_tool("evaluate", "--preset", name, "--config", config_path, "--output_dir", tmp_path / "eval",
+                      "--steps", "1", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert {"pq", "sq", "rq", "miou"} <= set(metrics), sorted(metrics)
     result = run_tool("predict", "--preset", "axial_swidernet_1_1_1_os16_cityscape", "--input", tmp_path / "photos",
                       "--output", tmp_path / "more", env=env)
     assert_one_line_error(result, "axial_swidernet_1_1_1_os16_cityscapes")

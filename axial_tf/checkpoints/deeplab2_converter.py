@@ -17,11 +17,13 @@ import os
 import warnings
 
 import numpy as np
-import tensorflow as tf
 
 from axial_tf.checkpoints.deeplab2_names import assign_values, deeplab2_variable_map, name_from_checkpoint_key
 from axial_tf.checkpoints.textproto import read_textproto
 from axial_tf.utils.errors import error_line
+from axial_tf.utils.optional_imports import require_tensorflow
+
+tf = require_tensorflow("Reading DeepLab2 checkpoints")
 
 MODEL_ITEMS = (
     "encoder",

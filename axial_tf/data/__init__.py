@@ -15,6 +15,11 @@ Importing this package registers the builders with TFDS (`panoptic_shapes`,
 `image_folder_classification`).
 """
 
+from axial_tf.utils.optional_imports import tensorflow_installed, tensorflow_needed
+
+if not tensorflow_installed():
+    raise tensorflow_needed("axial_tf.data (the tf.data pipelines and TFDS builders)")
+
 from axial_tf.data.augment import AugmentationOptions
 from axial_tf.data.builders import (
     CLASSIFICATION_DATASETS,

@@ -156,6 +156,7 @@ class CityscapesPanoptic(coco_panoptic.CocoPanopticFolder):
             name=f"{self.name}/{config.name}",
             class_names=CLASS_NAMES,
             thing_class_ids=THING_CLASS_IDS,
+            category_ids=LABEL_IDS,  # the official result formats use labelIds, whichever layout was read
             label_divisor=config.label_divisor,
             ignore_label=config.ignore_label,
             splits=splits,

@@ -268,6 +268,7 @@ def label_space_from_categories(categories, name, label_divisor, ignore_label, s
         ],
         label_divisor=label_divisor,
         ignore_label=ignore_label,
+        category_ids=ids,
     )
     return info, category_to_train_id
 
@@ -347,8 +348,11 @@ class CocoPanopticFolder(
         >>> builder.download_and_prepare()
     """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "The dataset info keeps the category ids (for the official result formats).",
+    }
     MANUAL_DOWNLOAD_INSTRUCTIONS = _FOLDER_INSTRUCTIONS
     BUILDER_CONFIGS = [
         CocoPanopticFolderConfig(name="default", description="The manual dir, in COCO layout.")
@@ -679,8 +683,11 @@ class Coco2017Panoptic(CocoPanopticFolder):
     writes the project's record layout.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "The dataset info keeps the category ids (for the official result formats).",
+    }
     MANUAL_DOWNLOAD_INSTRUCTIONS = _COCO_2017_INSTRUCTIONS
     BUILDER_CONFIGS = [ManualDirPanopticConfig(name="default")]
 

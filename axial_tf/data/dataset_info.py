@@ -31,10 +31,14 @@ class PanopticDatasetInfo:
         label_divisor: Multiplier of the semantic class in a panoptic label.
         ignore_label: Semantic class of void pixels.
         splits: Number of examples per split when known (empty otherwise).
+        category_ids: The dataset's own id of each train id (COCO category
+            ids, Cityscapes label ids), which the official result formats
+            name classes by; default the train ids themselves.
 
     Example:
         >>> info = PanopticDatasetInfo(
-        ...     name="toy", class_names=("sky", "disc"), thing_class_ids=(1,))
+        ...     name="toy", class_names=("sky", "disc"), thing_class_ids=(1,),
+        ...     category_ids=(7, 24))
         >>> info.num_classes, info.stuff_class_ids, info.void_label
         (2, (0,), 255000)
     """
@@ -45,6 +49,7 @@ class PanopticDatasetInfo:
     label_divisor: int = DEFAULT_LABEL_DIVISOR
     ignore_label: int = DEFAULT_IGNORE_LABEL
     splits: dict = dataclasses.field(default_factory=dict)
+    category_ids: tuple = None
 
     def __post_init__(self):
         object.__setattr__(self, "class_names", tuple(str(n) for n in self.class_names))
@@ -55,6 +60,14 @@ class PanopticDatasetInfo:
         num_classes = len(self.class_names)
         if num_classes == 0:
             raise ValueError(f"Dataset {self.name!r} has no classes.")
+        category_ids = range(num_classes) if self.category_ids is None else self.category_ids
+        object.__setattr__(self, "category_ids", tuple(int(i) for i in category_ids))
+        distinct = {i for i in self.category_ids if i >= 0}
+        if len(self.category_ids) != num_classes or len(distinct) != num_classes:
+            raise ValueError(
+                f"Dataset {self.name!r}: category_ids {list(self.category_ids)} must be {num_classes} "
+                "distinct non-negative ids, one per class."
+            )
         for class_id in self.thing_class_ids:
             if not 0 <= class_id < num_classes:
                 raise ValueError(

@@ -21,6 +21,7 @@ from axial_tf.experiment.serving.base import (
     max_pixels_from_megapixels,
 )
 from axial_tf.export.exporter import build_serving_module
+from axial_tf.export.runtimes import load_exported
 from axial_tf.export.saved_model import read_export_info, resolve_saved_model
 from axial_tf.utils.errors import error_line
 
@@ -224,8 +225,8 @@ class Predictor:
         >>> outputs["panoptic_pred"].shape  # (H, W)
     """
 
-    def __init__(self, function, info, owner=None):
-        self._function = function
+    def __init__(self, predict_batch, info, owner=None):
+        self._predict_batch = predict_batch  # uint8 [B, H, W, 3] -> dict of NumPy arrays [B, ...]
         self._owner = owner
         self.info = info
 
@@ -253,7 +254,21 @@ class Predictor:
         saved_model_dir = resolve_saved_model(saved_model_dir)
         info = read_export_info(saved_model_dir)
         loaded = tf.saved_model.load(saved_model_dir)
-        return cls(loaded.signatures[SERVING_DEFAULT], info, owner=loaded)
+        return cls(_numpy_signature(loaded.signatures[SERVING_DEFAULT]), info, owner=loaded)
+
+    @classmethod
+    def from_exported(cls, path):
+        """A predictor of any export of `tools/export.py`, its format detected from `path`.
+
+        Args:
+            path: A SavedModel (or serving base) folder, or a `.onnx`, OpenVINO `.xml` or
+                `.tflite` file (or the folder holding it); see `load_exported`.
+
+        Returns:
+            A `Predictor` whose outputs are those of the export's `serving_default`.
+        """
+        exported = load_exported(path)
+        return cls(exported, exported.info, owner=exported)
 
     @classmethod
     def from_experiment(
@@ -269,12 +284,20 @@ class Predictor:
             config, model_dir=model_dir, checkpoint=checkpoint, keras_model=keras_model, top_k=top_k,
             image_size=image_size, max_megapixels=max_megapixels,
         )
-        return cls(module.signature_function(SERVING_DEFAULT), module.label_space(dataset_info))
+        return cls(_numpy_signature(module.signature_function(SERVING_DEFAULT)), module.label_space(dataset_info))
 
     def __call__(self, image):
         """Predictions for one uint8 RGB image [H, W, 3], as NumPy arrays without the batch dim."""
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
             raise ValueError(f"Expected a uint8 RGB image [H, W, 3], got {image.dtype} {image.shape}.")
-        outputs = self._function(**{IMAGES_INPUT: tf.constant(image[np.newaxis])})
-        return {name: value.numpy()[0] for name, value in outputs.items()}
+        return {name: value[0] for name, value in self._predict_batch(image[np.newaxis]).items()}
+
+
+def _numpy_signature(function):
+    """A serving signature as a function of a uint8 NumPy batch, returning NumPy arrays."""
+
+    def predict_batch(images):
+        return {name: value.numpy() for name, value in function(**{IMAGES_INPUT: tf.constant(images)}).items()}
+
+    return predict_batch

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from axial_tf.layers import runtime
+from axial_tf.layers.batch_norm_folding import add_bias, folded_kernel_and_bias
 from axial_tf.layers.fused_batch_norm import FusedBatchNormalization
 from axial_tf.utils.shapes import ceil_div
 
@@ -37,6 +38,11 @@ class ConvBN(keras.layers.Layer):
     exceed the runtime setting `max_im2col_elements` runs as one call on a batch of
     overlapping row bands (same result; `runtime.py` says why). Elsewhere (GPU, other
     backends, oneDNN off) it is always one call, and the graph holds nothing else.
+
+    A batch norm that uses its moving statistics (inference, or a frozen layer) is folded
+    into the convolution: `conv(x, kernel * scale) + shift`, then the activation
+    (`batch_norm_folding.py`; the runtime setting `fold_batch_norms` turns it off). Same
+    variables; results equal to float rounding.
 
     Args:
         filters: output channels (ignored when `depthwise=True`).
@@ -123,14 +129,31 @@ class ConvBN(keras.layers.Layer):
             self.batch_norm.build(self.conv.compute_output_shape(input_shape))
 
     def call(self, inputs, training=None):
-        x = self._convolve(inputs)
+        if self._folds_batch_norm(training):
+            kernel, bias = folded_kernel_and_bias(self.conv.kernel, self.batch_norm, depthwise=self.depthwise)
+            return self.activation_fn(self._convolve(inputs, kernel, bias))
+        x = self._convolve(inputs, self.conv.kernel, self.conv.bias)
         if self.batch_norm is not None:
             x = self.batch_norm(x, training=training)
         return self.activation_fn(x)
 
-    def _convolve(self, inputs):
-        def whole():  # one call of the Keras layer
-            return self.conv(self._pad(inputs) if self.explicit_padding else inputs)
+    def _folds_batch_norm(self, training):
+        """Whether the BN uses its moving statistics (inference or frozen) and folds into the convolution."""
+        return (
+            self.batch_norm is not None
+            and not (training and self.batch_norm.trainable)
+            and runtime.get_runtime_settings().fold_batch_norms
+        )
+
+    def _convolve(self, inputs, kernel, bias):
+        """`conv(inputs, kernel) + bias` (no bias if `bias` is None): one call, or row bands on oneDNN."""
+        kernel = ops.cast(kernel, self.compute_dtype)
+        bias = None if bias is None else ops.cast(bias, self.compute_dtype)
+
+        def whole():  # one convolution call
+            if self.explicit_padding:
+                return self._convolution(self._pad(inputs), kernel, bias, padding="valid")
+            return self._convolution(inputs, kernel, bias, padding="same")
 
         bound = runtime.get_runtime_settings().max_im2col_elements
         # Depthwise and 1x1 convolutions have no im2col buffer; only oneDNN's CPU kernels need the bound.
@@ -141,18 +164,24 @@ class ConvBN(keras.layers.Layer):
         band = max(band, 1) if isinstance(band, int) else ops.maximum(band, 1)  # output rows per band
 
         def banded():
-            return self._convolve_bands(self._pad(inputs), out_rows, band)
+            return self._convolve_bands(self._pad(inputs), out_rows, band, kernel, bias)
 
         if isinstance(out_rows, int) and isinstance(band, int):  # static shape: decided now
             return whole() if band >= out_rows else banded()
         return ops.cond(band >= out_rows, whole, banded)
+
+    def _convolution(self, x, kernel, bias, padding):
+        """`conv(x, kernel) + bias` with this layer's strides and dilation; `kernel` and `bias` in compute dtype."""
+        convolve = ops.depthwise_conv if self.depthwise else ops.conv
+        y = convolve(x, kernel, strides=self.strides, padding=padding, dilation_rate=self.dilation_rate)
+        return y if bias is None else add_bias(y, bias)
 
     def _pad(self, x):
         """Explicit DeepLab2 padding; then the convolution is "valid" (stride 1: same as "same")."""
         before, after = same_padding(self.kernel_size, self.dilation_rate)
         return ops.pad(x, ((0, 0), (before, after), (before, after), (0, 0)))
 
-    def _convolve_bands(self, x, out_rows, band):
+    def _convolve_bands(self, x, out_rows, band, kernel, bias):
         """The "valid" convolution of padded `x` as one call on a batch of overlapping row bands."""
         batch, _, cols, channels = ops.shape(x)
         effective = effective_kernel_size(self.kernel_size, self.dilation_rate)
@@ -163,10 +192,7 @@ class ConvBN(keras.layers.Layer):
         rows = ops.arange(num_bands)[:, None] * (band * self.strides) + ops.arange(in_rows)[None, :]
         bands = ops.take(x, rows, axis=1)  # [B, bands, in_rows, W, C]
         bands = ops.reshape(bands, (batch * num_bands, in_rows, cols, channels))
-        kernel = ops.cast(self.conv.kernel, self.compute_dtype)
-        y = ops.conv(bands, kernel, strides=self.strides, padding="valid", dilation_rate=self.dilation_rate)
-        if self.conv.use_bias:
-            y = y + ops.cast(self.conv.bias, self.compute_dtype)
+        y = self._convolution(bands, kernel, bias, padding="valid")  # [B * bands, band, W', O]
         y = ops.reshape(y, (batch, num_bands * band, ops.shape(y)[2], ops.shape(y)[3]))  # [B, rows, W', O]
         return y[:, :out_rows]
 

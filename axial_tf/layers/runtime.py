@@ -18,6 +18,13 @@ knobs below change speed and memory, never a result; they are read when a layer 
     a call in 536 s; with bands that convolution takes 2.2 s and the model 50.7 s.
     `None` never splits (e.g. while tracing a graph to export, so that it holds no
     CPU-only branch).
+  * `fold_batch_norms` (default True): a `ConvBN` whose batch norm uses its moving
+    statistics (inference, frozen layers) convolves with the BN's scale folded into the
+    kernel and its shift as a bias, which grappler fuses into one convolution kernel
+    (`batch_norm_folding.py`; docs/performance.md, "Batch norms folded into convolutions").
+    Off, the BN runs after the convolution as Keras' elementwise ops: results differ by
+    float rounding only. The switch is for comparisons (benchmarks/model_speed.py
+    `--compare_folding`, the folding tests), not for users' models.
   * oneDNN itself is a process setting, not part of this object: `import axial_tf` sets
     `TF_ENABLE_ONEDNN_OPTS=1` unless the user chose (a 4096^2 float32 matmul 72 -> 150
     GFLOP/s on an AVX2-only CPU where TensorFlow left it off), and TensorFlow reads it once,
@@ -53,6 +60,8 @@ class RuntimeSettings:
             `AxialAttention` forms at once.
         max_im2col_elements: a dense `ConvBN` convolution on TensorFlow + oneDNN on the
             CPU whose im2col buffer would be larger runs on row bands; `None` never does.
+        fold_batch_norms: fold `ConvBN` batch norms that use moving statistics into the
+            convolution.
 
     Example:
     >>> RuntimeSettings().max_chunk_logits
@@ -61,6 +70,7 @@ class RuntimeSettings:
 
     max_chunk_logits: int = 2**26
     max_im2col_elements: int | None = 2**26
+    fold_batch_norms: bool = True
 
     def __post_init__(self):
         if self.max_chunk_logits < 1:

@@ -1,5 +1,10 @@
 """Panoptic metrics: streaming PQ / SQ / RQ, mIoU and (optional) COCO instance AP."""
 
+from axial_tf.utils.optional_imports import tensorflow_installed, tensorflow_needed
+
+if not tensorflow_installed():
+    raise tensorflow_needed("axial_tf.metrics (the evaluation metrics)")
+
 from axial_tf.metrics.instance_ap import COCO_STAT_KEYS, PanopticInstanceAP
 from axial_tf.metrics.mean_iou import SemanticMeanIoU
 from axial_tf.metrics.panoptic_evaluator import PanopticEvaluator

@@ -7,7 +7,6 @@ the exported SavedModel agree bit for bit on the same images.
 from keras import ops
 
 from axial_tf.layers import resize_bilinear_align_corners
-from axial_tf.postprocessing import panoptic_postprocess
 
 
 def _predict_at_scale(model, images, scale, flip, training=False):
@@ -85,6 +84,10 @@ def predict_panoptic(model, images, postprocess_options, scales=(1.0,), flip=Fal
         The dict of `predict_dense` plus `panoptic_pred`, `semantic_pred`,
         `instance_pred`, `instance_center_pred` and `instance_scores`.
     """
+    # The post-processing is TensorFlow's (tf.math ops with no keras.ops twin); `predict_dense`
+    # stays importable without it.
+    from axial_tf.postprocessing import panoptic_postprocess
+
     dense = predict_dense(model, images, scales, flip)
     panoptic = panoptic_postprocess(
         dense["semantic_probs"], dense["center_heatmap"], dense["offset_map"], postprocess_options

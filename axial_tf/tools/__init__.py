@@ -5,6 +5,11 @@
 
 import sys
 
+from axial_tf.utils.optional_imports import tensorflow_installed, tensorflow_needed
+
+if not tensorflow_installed():  # programs, not a library: the line and exit status 1
+    raise SystemExit(str(tensorflow_needed("The axial_tf tools")))
+
 from absl import app, flags
 
 # absl's help flags print the usage and exit with status 1; a help request that succeeded exits 0.

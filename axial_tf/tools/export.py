@@ -1,9 +1,11 @@
-"""Exports a trained model as a SavedModel for TF Serving (and, for classifiers, TFLite).
+"""Exports a trained model as a SavedModel for TF Serving, or to ONNX, OpenVINO or LiteRT.
 
     axial-tf-export --config FILE.yaml --model_dir DIR --output exports/demo
     axial-tf-export --preset axial_swidernet_1_1_1_os16_cityscapes --output exports/axial_deeplab
     axial-tf-export --config FILE.yaml --checkpoint DIR/checkpoints/ckpt-3000 --output exports/demo/3
     axial-tf-export --keras_model model.keras [--config FILE.yaml] --output exports/demo
+    axial-tf-export --model_dir DIR --format onnx|openvino|litert --output exports/demo_onnx \
+        [--batch_size 1] [--input_size H,W]
 
 With --model_dir the config defaults to MODEL_DIR/config.yaml (saved by training).
 A panoptic model always needs its config (thing classes, label divisor, input
@@ -30,10 +32,22 @@ offset_map (float32 [B, H, W, 2]) at the input resolution; serving_encoded adds
 image_size (int32 [B, 2]). Classification outputs: classes, probabilities,
 class_names ([B, k]) and logits. The label space and baked-in settings are in
 the version's assets.extra/axial_tf_export.json.
+
+--format onnx|openvino|litert writes the folder --output (atomically: a failed
+conversion leaves nothing there) holding model.onnx, model.xml + model.bin or
+model.tflite, and axial_tf_export.json. The graph is serving_default's work
+without its request checks: uint8 images [--batch_size, H, W, 3] (default 1; a
+runtime runs larger batches that many at a time) to the same outputs (a
+classifier's class names come from the JSON). H and W are any size for ONNX and
+OpenVINO, and fixed for LiteRT (--input_size, default the model input size);
+--input_size fixes them for the others too. The panoptic post-processing runs in
+the OpenVINO and LiteRT graphs, and on the host (NumPy) for ONNX, whose graph
+ends at the dense outputs. Run any export with axial_tf.export.load_exported.
+A model the converter cannot express stops with one line naming the op and its
+layer; a missing converter names the pip extra (pip install 'axial_tf[onnx]').
 """
 
 import json
-import os
 import sys
 
 from absl import app, flags
@@ -52,8 +66,12 @@ flags.DEFINE_string(
 flags.DEFINE_multi_string("override", [], "key.sub=value config overrides (e.g. data.crop_size=[1025,2049]).")
 flags.DEFINE_integer("top_k", 5, "Classes returned per image by a classification export.")
 flags.DEFINE_integer("image_size", None, "Classifier input side when exporting a .keras classifier without config.")
-flags.DEFINE_string("tflite", None, "Also write the classifier as a TFLite model to this file.")
-flags.DEFINE_bool("overwrite", False, "Replace an earlier export at --output (only a SavedModel is replaced).")
+flags.DEFINE_enum("format", "saved_model", ["saved_model", "onnx", "openvino", "litert"], "What to export.")
+flags.DEFINE_integer("batch_size", 1, "Images per call of an ONNX, OpenVINO or LiteRT graph.")
+flags.DEFINE_string("input_size", None, "H,W of the images an ONNX, OpenVINO or LiteRT graph takes (default: any "
+                    "size; LiteRT: the model input size).")
+flags.DEFINE_bool("overwrite", False, "Replace an earlier export at --output (only an export of the same kind: a "
+                  "SavedModel, or an ONNX/OpenVINO/LiteRT folder).")
 flags.DEFINE_float(
     "max_megapixels", None, "Most pixels (millions) one serving request may hold: B x largest height x largest "
     "width (default 16, DEFAULT_MAX_MEGAPIXELS)."
@@ -72,22 +90,26 @@ def _describe(contract):
     return "\n".join(lines)
 
 
-def _check_tflite(task_name):
-    from axial_tf.experiment.tasks import task_class
+def _input_size(text):
+    """--input_size "H,W" as two positive ints, or None."""
+    if text is None:
+        return None
+    sides = text.replace("x", ",").split(",")
+    if len(sides) != 2 or not all(side.strip().isdigit() and int(side) > 0 for side in sides):
+        raise app.UsageError(f"--input_size must be H,W (two positive integers), got {text!r}.")
+    return tuple(int(side) for side in sides)
 
-    if not task_class(task_name).exports_tflite:
-        raise ValueError(f"--tflite is offered for classification models only, not {task_name} models.")
 
+def _describe_converted(folder):
+    from axial_tf.export import load_exported
 
-def _write_tflite(module, path):
-    from axial_tf.experiment.tasks import task_of_model
-    from axial_tf.export import convert_classifier_to_tflite
-
-    _check_tflite(task_of_model(module.model))
-    flatbuffer = convert_classifier_to_tflite(module.model, module.image_size, module.top_k)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "wb") as stream:
-        stream.write(flatbuffer)
+    graph = load_exported(folder).info["graph"]
+    shape = ", ".join("?" if side is None else str(side) for side in [graph["batch_size"], *graph["input_size"], 3])
+    return (
+        f"  input  images  uint8  [{shape}] (load_exported runs any batch in parts of {graph['batch_size']})\n"
+        f"  outputs {', '.join(graph['outputs'])}\n"
+        f"  completed on the host (load_exported): {graph['host_step'] or 'nothing'}"
+    )
 
 
 def main(argv):
@@ -100,13 +122,16 @@ def main(argv):
         raise app.UsageError("Give exactly one of --model_dir, --checkpoint, --keras_model and --preset.")
     if not FLAGS.output:
         raise app.UsageError("--output is required.")
+    input_size = _input_size(FLAGS.input_size)
     import tensorflow as tf
 
     from axial_tf.experiment.config import ConfigError, experiment_config_for
     from axial_tf.export import (
         DEFAULT_MAX_MEGAPIXELS,
-        TFLiteConversionError,
+        SAVED_MODEL,
+        ConversionError,
         check_model_source,
+        export_converted,
         export_model,
         signature_contract,
     )
@@ -121,10 +146,7 @@ def main(argv):
         else:
             check_model_source(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.keras_model)  # before looking for a config
             config = experiment_config_for(FLAGS.config, FLAGS.model_dir, FLAGS.override)
-        if FLAGS.tflite and config is not None:
-            _check_tflite(config.model.task)
-        module, saved_model_dir = export_model(
-            FLAGS.output,
+        sources = dict(
             config=config,
             model_dir=FLAGS.model_dir,
             checkpoint=FLAGS.checkpoint,
@@ -134,16 +156,19 @@ def main(argv):
             overwrite=FLAGS.overwrite,
             max_megapixels=DEFAULT_MAX_MEGAPIXELS if FLAGS.max_megapixels is None else FLAGS.max_megapixels,
         )
-        if FLAGS.tflite:
-            _write_tflite(module, FLAGS.tflite)
-    except (ConfigError, ValueError, OSError, TFLiteConversionError) as error:
+        if FLAGS.format == SAVED_MODEL:
+            module, saved_model_dir = export_model(FLAGS.output, **sources)
+        else:
+            _, folder = export_converted(FLAGS.output, FLAGS.format, batch_size=FLAGS.batch_size,
+                                         input_size=input_size, **sources)
+            print(f"Wrote {FLAGS.format} export {folder}:\n{_describe_converted(folder)}")
+            return
+    except (ConfigError, ValueError, OSError, ConversionError, ModuleNotFoundError) as error:
         sys.exit(f"error: {error}")
     except tf.errors.OpError as error:  # e.g. a full disk while saving
         sys.exit(f"error: {error_line(error)}")
     print(f"Wrote SavedModel {saved_model_dir} with signatures:\n{_describe(signature_contract(module))}")
     print(f"Requests hold at most {module.max_megapixels:g} megapixels (B x largest H x largest W; --max_megapixels).")
-    if FLAGS.tflite:
-        print(f"Wrote TFLite model {FLAGS.tflite} (input float32 [1, s, s, 3], already cropped and resized).")
     print("Inspect: saved_model_cli show --dir " + json.dumps(saved_model_dir) + " --all")
 
 

@@ -1,6 +1,7 @@
 """Runs a trained or exported model on image files and writes its predictions.
 
     axial-tf-predict --saved_model exports/demo/1 --input IMAGE_OR_FOLDER --output DIR [--overlay]
+    axial-tf-predict --model exports/demo_onnx/model.onnx --input photos/ --output preds/ --overlay
     axial-tf-predict --preset axial_swidernet_1_1_1_os16_cityscapes --input photos/ --output preds/ --overlay
     axial-tf-predict --config FILE.yaml --model_dir DIR --input photos/ --output preds/ --format npy
     axial-tf-predict --config FILE.yaml (--checkpoint PREFIX | --keras_model FILE.keras) ...
@@ -20,13 +21,28 @@ extension, dot replaced by "_", when two inputs share a stem):
       (`axial_tf.utils.visualization.decode_panoptic_rgb` reads it back), and
       STEM_semantic.png, the 8-bit semantic class map (void = ignore label);
   --format npy: STEM_panoptic.npy and STEM_semantic.npy (int32 [H, W]);
+  --format coco_panoptic: COCO's panoptic results format, classes named by the
+      dataset's own ids (COCO category ids): panoptic_predictions/STEM.png
+      (segment ids, id = R + 256 * G + 256**2 * B, 0 = void) and, once every
+      image is done, panoptic_predictions.json ("annotations": image_id = the
+      file's stem, an integer when all digits; file_name; segments_info with
+      id, category_id, area, bbox [x, y, w, h], iscrowd 0). panopticapi's
+      pq_compute reads them (its prediction folder defaults to the JSON's path
+      without .json);
+  --format cityscapes: the same with Cityscapes label ids and image_id = the
+      stem without "_leftImg8bit" (what cityscapesscripts'
+      evalPanopticSemanticLabeling reads), plus semantic_predictions/STEM.png,
+      the semantic prediction as 8-bit label ids, 0 = unlabeled (for
+      evalPixelLevelSemanticLabeling: CITYSCAPES_RESULTS=OUTPUT/semantic_predictions);
   --overlay: STEM_overlay.png, the image with a colour per class (shaded per
       instance, the same colours every run) and instance outlines.
 A semantic model writes STEM_semantic.png (or .npy) and, with --overlay,
 STEM_overlay.png (class colours, no outlines). A classifier writes
-predictions.json (top-k class ids, names, probabilities).
+predictions.json (top-k class ids, names, probabilities). Both refuse the
+result formats, which are panoptic.
 Predictions from a SavedModel and from the checkpoint it came from are identical:
-both run the export's serving_default graph code.
+both run the export's serving_default graph code. --model runs any export (ONNX
+Runtime, OpenVINO, LiteRT or TensorFlow) with the same outputs and files.
 """
 
 import json
@@ -39,6 +55,8 @@ from axial_tf.tools import run_absl_tool
 
 flags.DEFINE_string("config", None, "Experiment config (.yaml or .gin); default MODEL_DIR/config.yaml.")
 flags.DEFINE_string("saved_model", None, "A SavedModel written by tools/export.py.")
+flags.DEFINE_string("model", None, "Any export of tools/export.py, its format detected from the path: a SavedModel "
+                    "folder, or a .onnx, OpenVINO .xml or .tflite file (or the folder holding it).")
 flags.DEFINE_string("model_dir", None, "Training directory; its latest checkpoint is used.")
 flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (or directory of checkpoints).")
 flags.DEFINE_string("keras_model", None, "A .keras model file.")
@@ -46,7 +64,8 @@ flags.DEFINE_string("preset", None, "A pretrained preset (python -m axial_tf.pre
                     "once; --config may replace its shipped config.")
 flags.DEFINE_string("input", None, "An image file or a folder of images.")
 flags.DEFINE_string("output", None, "Output folder (created).")
-flags.DEFINE_enum("format", "png", ["png", "npy"], "File format of the raw label maps.")
+flags.DEFINE_enum("format", "png", ["png", "npy", "coco_panoptic", "cityscapes"],
+                  "png or npy: the raw label maps; coco_panoptic or cityscapes: that official result format.")
 flags.DEFINE_bool("overlay", False, "Also write colourised overlays with instance outlines.")
 flags.DEFINE_float("alpha", 0.5, "Opacity of the overlay colours.")
 flags.DEFINE_bool("skip_unreadable", False, "Report unreadable images and continue instead of stopping.")
@@ -65,9 +84,11 @@ def make_predictor():
     from axial_tf.experiment.config import experiment_config_for
     from axial_tf.export import DEFAULT_MAX_MEGAPIXELS, Predictor, check_model_source
 
-    if FLAGS.saved_model:
+    if FLAGS.saved_model or FLAGS.model:
         if FLAGS.config or FLAGS.override:
-            print("note: --config/--override are ignored with --saved_model (its settings are baked in).")
+            print("note: --config/--override are ignored with an export (its settings are baked in).")
+        if FLAGS.model:
+            return Predictor.from_exported(FLAGS.model)
         return Predictor.from_saved_model(FLAGS.saved_model)
     if FLAGS.preset:
         from axial_tf.experiment.pretrained import preset_experiment
@@ -93,7 +114,7 @@ def image_limit(predictor):
     if model_limit is not None and FLAGS.max_megapixels > model_limit:
         raise ValueError(
             f"--max_megapixels {FLAGS.max_megapixels:g} is over the limit of {model_limit:g} megapixels that "
-            f"{FLAGS.saved_model} was exported with; re-export it with --max_megapixels {FLAGS.max_megapixels:g}."
+            f"{FLAGS.saved_model or FLAGS.model} was exported with; re-export it with --max_megapixels {FLAGS.max_megapixels:g}."
         )
     return FLAGS.max_megapixels
 
@@ -129,10 +150,37 @@ def read_image(path, max_megapixels):
         return image
 
 
+def check_result_format(predictor, files):
+    """Refuses a result format (--format coco_panoptic, cityscapes) before any prediction when it cannot be written.
+
+    Raises:
+        ValueError: The model's task has no such format, its label space lacks the dataset's
+            category ids (or they do not fit the format), or two inputs would share an image id.
+    """
+    from axial_tf.experiment.serving import result_formats
+    from axial_tf.experiment.tasks import task_class
+
+    if FLAGS.format not in result_formats.RESULT_FORMATS:
+        return
+    if FLAGS.format not in task_class(predictor.task).result_formats:
+        raise ValueError(f"--format {FLAGS.format} is a panoptic result format; this is a {predictor.task} model.")
+    result_formats.dataset_category_ids(predictor.info, FLAGS.format)
+    result_formats.check_image_ids(files, FLAGS.format)
+
+
+def write_records(records, info):
+    """Writes the records of every image: a result format's predictions JSON, or predictions.json."""
+    from axial_tf.experiment.serving import result_formats
+    from axial_tf.utils.files import write_text_atomically
+
+    if FLAGS.format in result_formats.RESULT_FORMATS:
+        result_formats.write_predictions_json(FLAGS.output, records, info)
+    else:
+        write_text_atomically(os.path.join(FLAGS.output, "predictions.json"), json.dumps(records, indent=2))
+
+
 def run(predictor, files, max_megapixels):
     """Predicts every file; returns (written count, unreadable files with their errors)."""
-    import tensorflow as tf
-
     from axial_tf.experiment.tasks import task_class
     from axial_tf.export import output_stems
     from axial_tf.training.progress import ProgressBar
@@ -157,8 +205,7 @@ def run(predictor, files, max_megapixels):
         progress.update(index, {})
     progress.close()
     if records:
-        with tf.io.gfile.GFile(os.path.join(FLAGS.output, "predictions.json"), "w") as stream:
-            json.dump(records, stream, indent=2)
+        write_records(records, predictor.info)
     return len(files) - len(failures), failures
 
 
@@ -167,11 +214,11 @@ def main(argv):
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)
-    sources = [name for name in ("saved_model", "model_dir", "checkpoint", "keras_model", "preset")
+    sources = [name for name in ("model", "saved_model", "model_dir", "checkpoint", "keras_model", "preset")
                if getattr(FLAGS, name)]
     if len(sources) != 1:
         raise app.UsageError(
-            "Give exactly one of --saved_model, --model_dir, --checkpoint, --keras_model and --preset.")
+            "Give exactly one of --model, --saved_model, --model_dir, --checkpoint, --keras_model and --preset.")
     if not FLAGS.input or not FLAGS.output:
         raise app.UsageError("--input and --output are required.")
     import tensorflow as tf
@@ -187,6 +234,7 @@ def main(argv):
         predictor = make_predictor()
         if FLAGS.overlay and not task_class(predictor.task).draws_overlays:
             print(f"note: --overlay applies to segmentation models only, not to this {predictor.task} model.")
+        check_result_format(predictor, files)
         written, failures = run(predictor, files, image_limit(predictor))
     except (ConfigError, ValueError, OSError) as error:
         sys.exit(f"error: {error}")

@@ -9,9 +9,10 @@ import contextlib
 import os
 import re
 
-import tensorflow as tf
-
 from axial_tf.utils.errors import error_line
+from axial_tf.utils.optional_imports import require_tensorflow
+
+tf = require_tensorflow("axial_tf.utils.files (model-directory files through tf.io.gfile)")
 
 
 class ModelDirError(RuntimeError):
@@ -62,7 +63,7 @@ def write_text_atomically(path, text):
 
     Args:
         path: Destination (any tf.io.gfile path).
-        text: The whole new content.
+        text: The whole new content, `str` or `bytes` (e.g. an encoded PNG).
     """
     temporary = path + ".tmp"
     try:

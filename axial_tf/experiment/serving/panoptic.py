@@ -82,7 +82,7 @@ class PanopticServingModule(DenseServingModule):
         """What a client needs to read the outputs (written to the export's metadata).
 
         Args:
-            info: The dataset's `PanopticDatasetInfo` (class names).
+            info: The dataset's `PanopticDatasetInfo` (class names, the dataset's category ids).
 
         Returns:
             A JSON-serialisable dict.
@@ -91,6 +91,7 @@ class PanopticServingModule(DenseServingModule):
         return {
             "task": "panoptic",
             "class_names": list(info.class_names),
+            "category_ids": list(info.category_ids),
             "thing_class_ids": list(options.thing_class_ids),
             "label_divisor": options.label_divisor,
             "void_label": options.void_label,
@@ -142,10 +143,27 @@ def write_panoptic_prediction(outputs, image, output_base, info, file_format="pn
             with tf.io.gfile.GFile(written[-1], "wb") as stream:
                 np.save(stream, value.astype(np.int32))
     if overlay:
-        palette = visualization.class_palette(len(info["class_names"]), info["class_names"])
-        blended = visualization.overlay_panoptic(
-            image, panoptic, info["label_divisor"], palette, void_label=info["void_label"], alpha=alpha
-        )
-        written.append(f"{output_base}_overlay.png")
-        tf.io.write_file(written[-1], tf.io.encode_png(blended))
+        written.append(write_panoptic_overlay(panoptic, image, output_base, info, alpha=alpha))
     return written
+
+
+def write_panoptic_overlay(panoptic, image, output_base, info, alpha=0.5):
+    """Writes `output_base` + `_overlay.png`: the image with stable class colours and instance outlines.
+
+    Args:
+        panoptic: The int32 [H, W] panoptic prediction.
+        image: The uint8 [H, W, 3] input image.
+        output_base: Path prefix of the file.
+        info: `label_space_info` dict (class names, label divisor, void label).
+        alpha: Opacity of the colours.
+
+    Returns:
+        The written path.
+    """
+    palette = visualization.class_palette(len(info["class_names"]), info["class_names"])
+    blended = visualization.overlay_panoptic(
+        image, panoptic, info["label_divisor"], palette, void_label=info["void_label"], alpha=alpha
+    )
+    path = f"{output_base}_overlay.png"
+    tf.io.write_file(path, tf.io.encode_png(blended))
+    return path

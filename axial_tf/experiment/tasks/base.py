@@ -23,8 +23,9 @@ class Task:
         model_class: The Keras model class it builds (a `.keras` file of this class is this task's).
         metric_names: The `evaluation.metrics` it can compute.
         default_metrics: The metrics a config without `evaluation.metrics` gets.
-        exports_tflite: Whether `tools/export.py --tflite` can convert its model.
         draws_overlays: Whether `write_prediction` draws `--overlay` pictures.
+        result_formats: The official result formats `write_prediction` can write
+            (`tools/predict.py --format`, see `experiment/serving/result_formats.py`).
 
     Args:
         config: An `ExperimentConfig`.
@@ -39,8 +40,8 @@ class Task:
     model_class = None
     metric_names = ()
     default_metrics = ()
-    exports_tflite = False
     draws_overlays = False
+    result_formats = ()
 
     def __init__(self, config):
         self.config = config

@@ -25,7 +25,6 @@ class ClassificationTask(Task):
     model_class = AxialResNetClassifier
     metric_names = ("top1", "top5")
     default_metrics = ("top1", "top5")
-    exports_tflite = True
 
     @classmethod
     def config_problems(cls, config):

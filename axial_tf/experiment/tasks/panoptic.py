@@ -4,7 +4,12 @@ import dataclasses
 
 from axial_tf.experiment import builders
 from axial_tf.experiment.serving.base import DEFAULT_MAX_MEGAPIXELS
-from axial_tf.experiment.serving.panoptic import PanopticServingModule, write_panoptic_prediction
+from axial_tf.experiment.serving.panoptic import (
+    PanopticServingModule,
+    write_panoptic_overlay,
+    write_panoptic_prediction,
+)
+from axial_tf.experiment.serving.result_formats import RESULT_FORMATS, write_result_prediction
 from axial_tf.experiment.tasks.base import write_label_pngs
 from axial_tf.experiment.tasks.segmentation import SegmentationTask
 from axial_tf.losses import PanopticLoss
@@ -28,6 +33,8 @@ class PanopticTask(SegmentationTask):
     model_class = AxialDeepLab
     metric_names = ("pq", "miou", "ap")
     default_metrics = ("pq", "miou")
+    # The official result formats `write_prediction` writes besides the raw label maps (png, npy).
+    result_formats = RESULT_FORMATS
 
     def __init__(self, config):
         super().__init__(config)
@@ -96,8 +103,13 @@ class PanopticTask(SegmentationTask):
     @classmethod
     def write_prediction(cls, outputs, image, output_base, info, source, file_format="png", overlay=False,
                          alpha=0.5):
-        del source  # the files are named after it already
-        write_panoptic_prediction(outputs, image, output_base, info, file_format=file_format, overlay=overlay,
-                                  alpha=alpha)
-        return None
+        """The label maps (png, npy; no record), or a result format's files and its predictions-JSON entry."""
+        if file_format not in RESULT_FORMATS:
+            write_panoptic_prediction(outputs, image, output_base, info, file_format=file_format, overlay=overlay,
+                                      alpha=alpha)
+            return None
+        annotation = write_result_prediction(outputs, output_base, info, source, file_format)
+        if overlay:
+            write_panoptic_overlay(outputs["panoptic_pred"], image, output_base, info, alpha=alpha)
+        return annotation
 

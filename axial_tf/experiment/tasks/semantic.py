@@ -15,7 +15,7 @@ from axial_tf.experiment.serving.base import DEFAULT_MAX_MEGAPIXELS
 from axial_tf.experiment.serving.semantic import SemanticServingModule, write_semantic_prediction
 from axial_tf.experiment.tasks.base import write_label_pngs
 from axial_tf.experiment.tasks.segmentation import SegmentationTask
-from axial_tf.losses.panoptic_losses import average_top_k_loss, semantic_pixel_loss
+from axial_tf.losses import average_top_k_loss, semantic_pixel_loss
 from axial_tf.metrics import SemanticMeanIoU
 from axial_tf.models import AxialSemanticDeepLab
 from axial_tf.models.inference import predict_semantic
@@ -49,10 +49,10 @@ class SemanticTask(SegmentationTask):
         )
 
     def losses(self, model, batch, training=True):
-        logits = tf.cast(model(batch["image"], training=training)["semantic_logits"], tf.float32)  # [B, H, W, C]
+        logits = model(batch["image"], training=training)["semantic_logits"]  # [B, H, W, C]
         pixel_loss = semantic_pixel_loss(
-            batch["semantic_label"], logits, tf.cast(batch["semantic_weights"], tf.float32), self.info.ignore_label
-        )  # [B, H, W]
+            batch["semantic_label"], logits, batch["semantic_weights"], self.info.ignore_label
+        )  # [B, H, W], in float32
         per_image = average_top_k_loss(pixel_loss, self.config.losses.semantic_top_k_percent)  # [B]
         loss = self.config.losses.semantic_weight * tf.reduce_mean(per_image)
         return {"semantic_loss": loss, "total_loss": loss}
