@@ -48,7 +48,9 @@ def test_report_says_not_measured_without_results(tmp_path):
     assert "Not measured yet" in report.serving_section(tmp_path / "missing.json")
 
 
-@pytest.mark.full
+# A benchmark's own run (exports in four formats, six timed processes: ~80 s of CPU): the slow tier,
+# like the benchmarks; the fast tests above cover the report, tests/test_export_formats.py the exports.
+@pytest.mark.slow
 def test_tiny_run_writes_every_variant(tmp_path):
     output = tmp_path / "serving_speed.json"
     subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "serving_speed.py"), "--models", "tiny",
