@@ -16,12 +16,11 @@ import tensorflow as tf
 from axial_tf.data.inference import ENCODED_IMAGE_FORMATS, decode_image, encoded_image_header
 from axial_tf.experiment.serving.base import (
     DEFAULT_MAX_MEGAPIXELS,
-    IMAGES_INPUT,
     SERVING_DEFAULT,
     max_pixels_from_megapixels,
 )
 from axial_tf.export.exporter import build_serving_module
-from axial_tf.export.runtimes import load_exported
+from axial_tf.export.runtimes import load_exported, numpy_signature
 from axial_tf.export.saved_model import read_export_info, resolve_saved_model
 from axial_tf.utils.errors import error_line
 
@@ -254,7 +253,7 @@ class Predictor:
         saved_model_dir = resolve_saved_model(saved_model_dir)
         info = read_export_info(saved_model_dir)
         loaded = tf.saved_model.load(saved_model_dir)
-        return cls(_numpy_signature(loaded.signatures[SERVING_DEFAULT]), info, owner=loaded)
+        return cls(numpy_signature(loaded.signatures[SERVING_DEFAULT]), info, owner=loaded)
 
     @classmethod
     def from_exported(cls, path):
@@ -284,7 +283,7 @@ class Predictor:
             config, model_dir=model_dir, checkpoint=checkpoint, keras_model=keras_model, top_k=top_k,
             image_size=image_size, max_megapixels=max_megapixels,
         )
-        return cls(_numpy_signature(module.signature_function(SERVING_DEFAULT)), module.label_space(dataset_info))
+        return cls(numpy_signature(module.signature_function(SERVING_DEFAULT)), module.label_space(dataset_info))
 
     def __call__(self, image):
         """Predictions for one uint8 RGB image [H, W, 3], as NumPy arrays without the batch dim."""
@@ -293,11 +292,3 @@ class Predictor:
             raise ValueError(f"Expected a uint8 RGB image [H, W, 3], got {image.dtype} {image.shape}.")
         return {name: value[0] for name, value in self._predict_batch(image[np.newaxis]).items()}
 
-
-def _numpy_signature(function):
-    """A serving signature as a function of a uint8 NumPy batch, returning NumPy arrays."""
-
-    def predict_batch(images):
-        return {name: value.numpy() for name, value in function(**{IMAGES_INPUT: tf.constant(images)}).items()}
-
-    return predict_batch

@@ -39,7 +39,7 @@ from axial_tf.export.saved_model import (
     read_export_info,
     resolve_saved_model,
 )
-from axial_tf.experiment.serving.base import SERVING_DEFAULT
+from axial_tf.experiment.serving.base import IMAGES_INPUT, SERVING_DEFAULT
 from axial_tf.postprocessing.host import panoptic_postprocess_numpy
 from axial_tf.postprocessing.options import PostProcessOptions
 
@@ -140,14 +140,21 @@ class ExportedModel:
         return {**dense, **{name: panoptic[name][:, rows][:, :, cols] for name in HOST_LABELS}}
 
 
+def numpy_signature(function):
+    """A serving signature as a function of a uint8 NumPy batch, returning NumPy arrays."""
+
+    def predict_batch(images):
+        return {name: value.numpy() for name, value in function(**{IMAGES_INPUT: tf.constant(images)}).items()}
+
+    return predict_batch
+
+
 class _SavedModelSession:
     """The `serving_default` signature of a SavedModel."""
 
     def __init__(self, path):
-        self._signature = tf.saved_model.load(path).signatures[SERVING_DEFAULT]
-
-    def run(self, images):
-        return {name: value.numpy() for name, value in self._signature(images=tf.constant(images)).items()}
+        self._loaded = tf.saved_model.load(path)  # keeps the signature's variables alive
+        self.run = numpy_signature(self._loaded.signatures[SERVING_DEFAULT])
 
 
 def _converted_session(export_format, path, info, threads):
