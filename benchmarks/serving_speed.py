@@ -21,7 +21,8 @@ gets 2 intra- and inter-op threads, and OMP_NUM_THREADS=2; ONNX Runtime, OpenVIN
 get 2 threads from `load_exported(..., threads=2)`.
 "cores busy" (CPU time / wall time of the timed calls) shows how many each really used.
 
-bfloat16 rows: OpenVINO with INFERENCE_PRECISION_HINT=bf16 and TensorFlow with Grappler's
+bfloat16 rows: `load_exported(..., precision="bfloat16")`, i.e. OpenVINO with
+INFERENCE_PRECISION_HINT=bf16 and TensorFlow with Grappler's
 `auto_mixed_precision_onednn_bfloat16` on the SavedModel; their panoptic maps are compared
 with the float32 row's on the benchmark image. ONNX Runtime's and LiteRT's CPU kernels have
 no bfloat16 option. Writes benchmarks/results/serving_speed.json, which `report.py` renders.
@@ -127,22 +128,14 @@ def serve(variant, directory, calls, panoptic_file=None):
     os.sched_setaffinity(0, cores)
     from bench_utils import setup_tensorflow
 
-    tf = setup_tensorflow()
+    setup_tensorflow()
     export_format, precision = VARIANTS[variant]
-    if precision == "bfloat16" and export_format == "saved_model":
-        tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
-    elif precision == "bfloat16":
-        # OpenVinoSession compiles with this module-level config (float32 for exactness; exports
-        # take no precision option yet), so this process sets bf16 there.
-        from axial_tf.export import openvino
-
-        openvino.OPENVINO_CONFIG["INFERENCE_PRECISION_HINT"] = "bf16"
     from axial_tf.export import load_exported
 
     image = np.load(os.path.join(directory, IMAGE_FILE))
     resident_after_imports = current_rss_mb()
     start = time.perf_counter()
-    model = load_exported(os.path.join(directory, export_format), threads=THREADS)
+    model = load_exported(os.path.join(directory, export_format), threads=THREADS, precision=precision)
     load_seconds = time.perf_counter() - start
     start = time.perf_counter()
     outputs = model(image)
@@ -155,8 +148,8 @@ def serve(variant, directory, calls, panoptic_file=None):
         model(image)
         seconds.append(time.perf_counter() - wall)
         cpu_seconds.append(time.process_time() - cpu)
-    emit(kind="serve", variant=variant, cores=cores, seconds=seconds, cpu_seconds=cpu_seconds,
-         load_seconds=load_seconds, first_call_seconds=first_call_seconds,
+    emit(kind="serve", variant=variant, precision_used=model.precision, cores=cores, seconds=seconds,
+         cpu_seconds=cpu_seconds, load_seconds=load_seconds, first_call_seconds=first_call_seconds,
          rss_after_imports_mb=resident_after_imports, peak_rss_mb=peak_rss_mb())
 
 
@@ -194,7 +187,7 @@ def summarize(model_name, size, variant, runs, directory):
     median = statistics.median(seconds)
     row = {
         "model": model_name, "size": list(size), "variant": variant, "format": export_format,
-        "precision": precision, "processes": len(runs), "times_ms": [1e3 * s for s in seconds],
+        "precision": precision, "precision_used": runs[0]["precision_used"], "processes": len(runs), "times_ms": [1e3 * s for s in seconds],
         "median_ms": 1e3 * median, "min_ms": 1e3 * min(seconds), "max_ms": 1e3 * max(seconds),
         "images_per_second": 1 / median,
         "cores_busy": statistics.median(c / s for run in runs for c, s in zip(run["cpu_seconds"], run["seconds"])),

@@ -42,12 +42,14 @@ from axial_tf.export import (
     ExportedModel,
     ExportGraph,
     check_converted_output_dir,
+    export_info,
     load_exported,
     write_converted,
     write_graph,
+    write_saved_model,
 )
 from axial_tf.export import graphs
-from axial_tf.export.formats import LITERT, ONNX, import_package, layer_of_node
+from axial_tf.export.formats import LITERT, ONNX, OPENVINO, import_package, layer_of_node
 
 FORMATS = ("onnx", "openvino", "litert")
 DENSE_TOLERANCE = 1e-4  # relative to the largest magnitude of each output
@@ -123,6 +125,11 @@ def test_load_exported_says_what_it_got_and_what_it_expected(tmp_path):
     (tmp_path / "bare" / EXPORT_INFO_FILENAME).write_text(json.dumps({"format": "litert"}))
     with pytest.raises(ValueError, match="describes a 'litert' export, but .*model.onnx is ONNX"):
         load_exported(tmp_path / "bare" / "model.onnx")
+    (tmp_path / "bare" / EXPORT_INFO_FILENAME).write_text(json.dumps({"format": "onnx"}))
+    with pytest.raises(ValueError, match="ONNX runs in float32 only; precision='bfloat16' is offered for OpenVINO"):
+        load_exported(tmp_path / "bare", precision="bfloat16")
+    with pytest.raises(ValueError, match="precision must be one of float32, bfloat16, got 'float16'"):
+        load_exported(tmp_path / "bare", precision="float16")
 
 
 def test_overwrite_replaces_only_an_earlier_converted_export(tmp_path):
@@ -230,6 +237,34 @@ def test_demo_model_exports_match_the_serving_signature(demo_module, export_form
         assert_serving_parity(model(images), served(module, images), f"{export_format} {images.shape}")
     things = np.unique(served(module, batches[0])["panoptic_pred"] % 1000)
     assert len(things) > 2, "the test images should show several instances"
+
+
+def _cpu_computes_bfloat16():
+    """Whether OpenVINO's CPU plugin offers bfloat16 here (AVX512-BF16 or AMX)."""
+    return "BF16" in import_package("openvino", "openvino", OPENVINO, "test").Core().get_property(
+        "CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+@pytest.mark.full
+def test_bfloat16_changes_only_the_model_it_was_asked_for(demo_module, tmp_path):
+    module = demo_module.module
+    write_saved_model(module, tmp_path / "saved_model", export_info(module, demo_module.info))
+    write_converted(module, tmp_path / "openvino", "openvino", info=demo_module.info)
+    images = random_images(7, (1, 33, 47, 3))
+    expected = served(module, images)
+    bfloat16_here = _cpu_computes_bfloat16()
+    for export_format in ("saved_model", "openvino"):
+        model = load_exported(tmp_path / export_format, threads=2, precision="bfloat16")
+        assert model.precision == ("bfloat16" if bfloat16_here or export_format == "saved_model" else "float32")
+        outputs = model(images)
+        assert sorted(outputs) == sorted(expected)
+        for name in ("semantic_probs", "center_heatmap"):  # bfloat16 round-off: 8 bits of mantissa
+            np.testing.assert_allclose(outputs[name], expected[name], rtol=0, atol=0.2 * np.abs(expected[name]).max(),
+                                       err_msg=f"{export_format} {name}")
+        if bfloat16_here:
+            assert np.abs(outputs["semantic_probs"] - expected["semantic_probs"]).max() > 1e-6, export_format
+        # A float32 load in the same process afterwards is exact: the bfloat16 rewrite stayed with its model.
+        assert_serving_parity(load_exported(tmp_path / export_format)(images), expected, f"{export_format} float32")
 
 
 @pytest.fixture(scope="module")

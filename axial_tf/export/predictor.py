@@ -256,17 +256,18 @@ class Predictor:
         return cls(numpy_signature(loaded.signatures[SERVING_DEFAULT]), info, owner=loaded)
 
     @classmethod
-    def from_exported(cls, path):
+    def from_exported(cls, path, precision="float32"):
         """A predictor of any export of `tools/export.py`, its format detected from `path`.
 
         Args:
             path: A SavedModel (or serving base) folder, or a `.onnx`, OpenVINO `.xml` or
                 `.tflite` file (or the folder holding it); see `load_exported`.
+            precision: "float32", or "bfloat16" for OpenVINO and SavedModel exports (see `load_exported`).
 
         Returns:
             A `Predictor` whose outputs are those of the export's `serving_default`.
         """
-        exported = load_exported(path)
+        exported = load_exported(path, precision=precision)
         return cls(exported, exported.info, owner=exported)
 
     @classmethod

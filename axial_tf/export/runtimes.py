@@ -15,6 +15,13 @@ NumPy (`panoptic_postprocess_numpy`), and its label maps are restored to the inp
 graph's nearest-neighbour source rows and columns. A converted graph takes a fixed number of
 images per call (`batch_size`): a batch is run that many at a time (the last part padded with
 copies of its last image, whose outputs are dropped).
+
+`precision="bfloat16"` runs an OpenVINO export with the CPU plugin's bfloat16 inference hint,
+and a SavedModel in a TensorFlow session whose Grappler rewrites it with oneDNN bfloat16
+auto-mixed precision (that model only; TF Serving sets the same rewrite option in its platform
+config's `session_config`). Both are fast only on CPUs with AVX512-BF16 or AMX, and change
+results by bfloat16's round-off (BENCHMARKS.md, "CPU serving", counts the panoptic pixels that
+change). ONNX Runtime's and LiteRT's CPU kernels have no such option.
 """
 
 import json
@@ -43,6 +50,9 @@ from axial_tf.experiment.serving.base import IMAGES_INPUT, SERVING_DEFAULT
 from axial_tf.postprocessing.host import panoptic_postprocess_numpy
 from axial_tf.postprocessing.options import PostProcessOptions
 
+PRECISIONS = ("float32", "bfloat16")
+# The formats whose runtime can compute in bfloat16 on request.
+_BFLOAT16_FORMATS = (SAVED_MODEL, OPENVINO.name)
 _EXPECTED = (
     "expected a .onnx, OpenVINO .xml or .tflite file, a folder holding one with axial_tf_export.json "
     "(tools/export.py --format onnx|openvino|litert), or a SavedModel folder"
@@ -55,6 +65,8 @@ class ExportedModel:
     Attributes:
         path: The model file (or SavedModel folder).
         format: "saved_model", "onnx", "openvino" or "litert".
+        precision: "float32" or "bfloat16": what the runtime computes in (OpenVINO: what its CPU
+            plugin chose; it keeps float32 on CPUs without bfloat16).
         info: The export's metadata (`axial_tf_export.json`): task, label space, pre- and
             post-processing, and for converted formats `graph` (batch size, input size,
             what the host completes after the graph: `host_step`, output names).
@@ -68,6 +80,7 @@ class ExportedModel:
         self.path = path
         self.format = export_format
         self.info = info
+        self.precision = getattr(session, "precision", "float32")
         self._session = session
         graph = info.get("graph", {})
         self._batch_size = graph.get("batch_size")
@@ -150,14 +163,49 @@ def numpy_signature(function):
 
 
 class _SavedModelSession:
-    """The `serving_default` signature of a SavedModel."""
+    """The `serving_default` signature of a SavedModel, in float32."""
+
+    precision = "float32"
 
     def __init__(self, path):
         self._loaded = tf.saved_model.load(path)  # keeps the signature's variables alive
         self.run = numpy_signature(self._loaded.signatures[SERVING_DEFAULT])
 
 
-def _converted_session(export_format, path, info, threads):
+class _BFloat16SavedModelSession:
+    """The `serving_default` signature of a SavedModel in a session whose Grappler rewrites it to bfloat16.
+
+    Grappler's oneDNN auto-mixed precision is a `ConfigProto` rewrite option: set on this
+    session's config, not on the process (`tf.config.optimizer`), it changes this model only.
+    The session is how TF Serving runs a SavedModel.
+    """
+
+    precision = "bfloat16"
+
+    def __init__(self, path, threads=None):
+        from tensorflow.core.protobuf import rewriter_config_pb2
+
+        config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads or 0,
+                                          inter_op_parallelism_threads=threads or 0)
+        rewrites = config.graph_options.rewrite_options
+        rewrites.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
+        graph = tf.Graph()
+        self._session = tf.compat.v1.Session(graph=graph, config=config)
+        verbosity = tf.get_logger().level
+        tf.get_logger().setLevel("ERROR")  # the TF1 loader's deprecation notice
+        try:
+            with graph.as_default():
+                signature = tf.compat.v1.saved_model.load(self._session, ["serve"], path).signature_def[SERVING_DEFAULT]
+        finally:
+            tf.get_logger().setLevel(verbosity)
+        self._images = signature.inputs[IMAGES_INPUT].name
+        self._outputs = {name: tensor.name for name, tensor in signature.outputs.items()}
+
+    def run(self, images):
+        return self._session.run(self._outputs, {self._images: images})
+
+
+def _converted_session(export_format, path, info, threads, precision):
     if export_format is ONNX:
         from axial_tf.export.onnx import OnnxSession
 
@@ -165,7 +213,7 @@ def _converted_session(export_format, path, info, threads):
     if export_format is OPENVINO:
         from axial_tf.export.openvino import OpenVinoSession
 
-        return OpenVinoSession(info["graph"]["outputs"], path, threads)
+        return OpenVinoSession(info["graph"]["outputs"], path, threads, precision)
     from axial_tf.export.litert import LiteRTSession
 
     return LiteRTSession(info["graph"]["outputs"], path=path, threads=threads)
@@ -203,7 +251,7 @@ def read_converted_info(model_file, export_format):
     return info
 
 
-def load_exported(path, threads=None):
+def load_exported(path, threads=None, precision="float32"):
     """Loads an export of `tools/export.py` in its runtime.
 
     Args:
@@ -212,7 +260,10 @@ def load_exported(path, threads=None):
             its highest).
         threads: CPU threads of a converted model's runtime (ONNX Runtime's intra-op threads,
             OpenVINO's `INFERENCE_NUM_THREADS`, LiteRT's interpreter); None: the runtime's default.
-            TensorFlow's threads are per process (`tf.config.threading`).
+            A float32 SavedModel runs on TensorFlow's threads, which are per process
+            (`tf.config.threading`); a bfloat16 one in a session with these threads.
+        precision: "float32", or "bfloat16" for an OpenVINO export or a SavedModel (see the
+            module docstring).
 
     Returns:
         An `ExportedModel`.
@@ -220,17 +271,20 @@ def load_exported(path, threads=None):
     Raises:
         FileNotFoundError: If `path` does not exist.
         ValueError: If `path` is not an export (says what it got and what was expected), or its
-            model file cannot be read by its runtime.
+            model file cannot be read by its runtime, or its runtime has no such `precision`.
         ModuleNotFoundError: If the format's runtime is not installed (one line: the install command).
     """
     path = os.fspath(path)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist.")
     if os.path.isdir(path):
         if is_saved_model(path) or holds_versions(path):
             saved_model_dir = resolve_saved_model(path)
-            return ExportedModel(saved_model_dir, SAVED_MODEL, read_export_info(saved_model_dir),
-                                 _SavedModelSession(saved_model_dir))
+            session = (_BFloat16SavedModelSession(saved_model_dir, threads) if precision == "bfloat16"
+                       else _SavedModelSession(saved_model_dir))
+            return ExportedModel(saved_model_dir, SAVED_MODEL, read_export_info(saved_model_dir), session)
         model_file = _model_file_in(path)
         if model_file is None:
             entries = ", ".join(sorted(os.listdir(path))[:8]) or "nothing"
@@ -240,5 +294,9 @@ def load_exported(path, threads=None):
     if export_format is None:
         raise ValueError(f"{path} is not an exported model; {_EXPECTED}.")
     info = read_converted_info(path, export_format)
-    return ExportedModel(path, export_format.name, info, _converted_session(export_format, path, info, threads))
+    if precision != "float32" and export_format.name not in _BFLOAT16_FORMATS:
+        raise ValueError(f"{path}: {export_format.title} runs in float32 only; precision={precision!r} is offered for "
+                         f"OpenVINO exports and SavedModels.")
+    session = _converted_session(export_format, path, info, threads, precision)
+    return ExportedModel(path, export_format.name, info, session)
 

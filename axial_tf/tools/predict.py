@@ -2,6 +2,7 @@
 
     axial-tf-predict --saved_model exports/demo/1 --input IMAGE_OR_FOLDER --output DIR [--overlay]
     axial-tf-predict --model exports/demo_onnx/model.onnx --input photos/ --output preds/ --overlay
+    axial-tf-predict --model exports/demo_openvino --precision bfloat16 --input photos/ --output preds/
     axial-tf-predict --preset axial_swidernet_1_1_1_os16_cityscapes --input photos/ --output preds/ --overlay
     axial-tf-predict --config FILE.yaml --model_dir DIR --input photos/ --output preds/ --format npy
     axial-tf-predict --config FILE.yaml (--checkpoint PREFIX | --keras_model FILE.keras) ...
@@ -42,7 +43,9 @@ predictions.json (top-k class ids, names, probabilities). Both refuse the
 result formats, which are panoptic.
 Predictions from a SavedModel and from the checkpoint it came from are identical:
 both run the export's serving_default graph code. --model runs any export (ONNX
-Runtime, OpenVINO, LiteRT or TensorFlow) with the same outputs and files.
+Runtime, OpenVINO, LiteRT or TensorFlow) with the same outputs and files;
+--precision bfloat16 runs an OpenVINO export or a SavedModel in bfloat16 (see
+axial_tf.export.load_exported).
 """
 
 import json
@@ -75,6 +78,9 @@ flags.DEFINE_integer("image_size", None, "Input side of a .keras classifier give
 flags.DEFINE_float(
     "max_megapixels", None, "Largest image (millions of pixels) to predict; default: the SavedModel's limit, else 16."
 )
+flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"],
+                  "What an export's runtime computes in: bfloat16 for OpenVINO exports and SavedModels, faster on CPUs "
+                  "with AMX or AVX512-BF16; results move by its round-off (BENCHMARKS.md, CPU serving).")
 flags.DEFINE_bool("downscale", False, "Shrink images over --max_megapixels to fit it instead of refusing them.")
 FLAGS = flags.FLAGS
 
@@ -87,8 +93,8 @@ def make_predictor():
     if FLAGS.saved_model or FLAGS.model:
         if FLAGS.config or FLAGS.override:
             print("note: --config/--override are ignored with an export (its settings are baked in).")
-        if FLAGS.model:
-            return Predictor.from_exported(FLAGS.model)
+        if FLAGS.model or FLAGS.precision != "float32":
+            return Predictor.from_exported(FLAGS.model or FLAGS.saved_model, precision=FLAGS.precision)
         return Predictor.from_saved_model(FLAGS.saved_model)
     if FLAGS.preset:
         from axial_tf.experiment.pretrained import preset_experiment
@@ -221,6 +227,8 @@ def main(argv):
             "Give exactly one of --model, --saved_model, --model_dir, --checkpoint, --keras_model and --preset.")
     if not FLAGS.input or not FLAGS.output:
         raise app.UsageError("--input and --output are required.")
+    if FLAGS.precision != "float32" and not (FLAGS.model or FLAGS.saved_model):
+        raise app.UsageError(f"--precision {FLAGS.precision} applies to an export (--model or --saved_model).")
     import tensorflow as tf
 
     from axial_tf.export import list_images
