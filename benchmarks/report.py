@@ -531,11 +531,16 @@ def serving_section(path=None):
     run = json.loads(path.read_text())
     machine, settings = run["versions"], run["settings"]
     failures = "".join(f"\n- Did not complete: {failure}" for failure in run["failures"])
+    updates = "".join(
+        f" {', '.join(update['cases'])}: measured again {datetime.datetime.fromisoformat(update['started']):%Y-%m-%d %H:%M}, "
+        f"{update['elapsed_seconds'] / 60:.0f} min, load average at start {update['load'][0]} (`{update['command']}`)."
+        for update in run.get("updates", []))
     return title + f"""From `{path.relative_to(BENCH_DIR.parent) if path.is_relative_to(BENCH_DIR.parent) else path}`: \
 {datetime.datetime.fromisoformat(run['started']):%Y-%m-%d %H:%M} on {machine.get('cpu', '?')}, \
 {run['elapsed_seconds'] / 60:.0f} min, load average at start {run['load'][0]}, at end {run['load'][1]}; TensorFlow \
 {machine.get('tensorflow', '?')}, onnxruntime {machine.get('onnxruntime', '?')} (tf2onnx {machine.get('tf2onnx', '?')}), \
-OpenVINO {machine.get('openvino', '?')}, ai-edge-litert {machine.get('ai-edge-litert', '?')}. Command: `{run['command']}`.
+OpenVINO {machine.get('openvino', '?')}, ai-edge-litert {machine.get('ai-edge-litert', '?')}. Command: `{run['command']}`.\
+{updates}
 
 The Cityscapes Panoptic-DeepLab (19 classes, random weights and batch-norm statistics) exported once per
 format by the project's export code at batch {settings['batch']} (LiteRT fixed at the measured size), loaded
@@ -546,8 +551,9 @@ round(s), the variants taking turns; one warm-up call, then {settings['calls']} 
 with the thread settings `load_exported` gives them. "cores busy" = CPU time / wall time of the timed calls.
 Latency = median (spread: fastest – slowest call); images/s at batch 1 = 1 / median; speed-up = the
 float32 SavedModel's median / this one. Peak RSS: ru_maxrss of that process (TensorFlow's import, which
-`load_exported` needs, included). bfloat16: OpenVINO's INFERENCE_PRECISION_HINT=bf16; TensorFlow's Grappler
-`auto_mixed_precision_onednn_bfloat16`; the last column counts the panoptic pixels that differ from the
+`load_exported` needs, included). bfloat16: `load_exported(..., precision="bfloat16")`, i.e. OpenVINO's
+INFERENCE_PRECISION_HINT=bf16, and for the SavedModel a session with Grappler's
+`auto_mixed_precision_onednn_bfloat16` rewrite; the last column counts the panoptic pixels that differ from the
 same format's float32 map on the benchmark image. ONNX Runtime and LiteRT offer no bfloat16 CPU option.
 
 """ + _table(["model", "image", "format", "precision", "latency", "spread", "images/s", "speed-up vs SavedModel",

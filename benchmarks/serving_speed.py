@@ -187,7 +187,8 @@ def summarize(model_name, size, variant, runs, directory):
     median = statistics.median(seconds)
     row = {
         "model": model_name, "size": list(size), "variant": variant, "format": export_format,
-        "precision": precision, "precision_used": runs[0]["precision_used"], "processes": len(runs), "times_ms": [1e3 * s for s in seconds],
+        "precision": precision, "precision_used": runs[0]["precision_used"], "processes": len(runs),
+        "times_ms": [1e3 * s for s in seconds],
         "median_ms": 1e3 * median, "min_ms": 1e3 * min(seconds), "max_ms": 1e3 * max(seconds),
         "images_per_second": 1 / median,
         "cores_busy": statistics.median(c / s for run in runs for c, s in zip(run["cpu_seconds"], run["seconds"])),
@@ -204,6 +205,24 @@ def summarize(model_name, size, variant, runs, directory):
     return row
 
 
+def updated(earlier, later, cases):
+    """`earlier`'s result with the `cases` ("model HxW") replaced by `later`'s; `later`'s run noted in "updates"."""
+    def other_case(entry):
+        return f"{entry['model']} {entry['size'][0]}x{entry['size'][1]}" not in cases
+
+    if later["settings"] != earlier["settings"]:
+        sys.exit(f"--update: settings {later['settings']} differ from the earlier run's {earlier['settings']}.")
+    note = {key: later[key] for key in ("started", "elapsed_seconds", "load", "command")}
+    return {
+        **earlier,
+        "rows": [row for row in earlier["rows"] if other_case(row)] + later["rows"],
+        "exports": [export for export in earlier["exports"] if other_case(export)] + later["exports"],
+        "failures": [failure for failure in earlier["failures"] if not failure.startswith(tuple(cases))]
+        + later["failures"],
+        "updates": [*earlier.get("updates", []), {**note, "cases": cases}],
+    }
+
+
 def parse_size(text):
     height, width = (int(side) for side in text.lower().split("x"))
     return height, width
@@ -218,6 +237,8 @@ def main():
     parser.add_argument("--calls", type=int, default=2, help="Timed calls per process, after one warm-up call.")
     parser.add_argument("--output", default=str(RESULT))
     parser.add_argument("--work_dir", default=None, help="Where the exports go (default: a temporary folder).")
+    parser.add_argument("--update", action="store_true",
+                        help="Keep --output's other cases; replace only those measured now (listed in its 'updates').")
     parser.add_argument("--export", nargs=4, metavar=("MODEL", "SIZE", "DIR", "FORMATS"), help=argparse.SUPPRESS)
     parser.add_argument("--serve", nargs=2, metavar=("VARIANT", "DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--panoptic_file", default=None, help=argparse.SUPPRESS)
@@ -250,8 +271,12 @@ def main():
         "settings": {"rounds": args.rounds, "calls": args.calls, "threads": THREADS, "batch": 1},
         "versions": machine if exports else {}, "exports": exports, "rows": rows, "failures": failures,
     }
-    pathlib.Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
+    output = pathlib.Path(args.output)
+    if args.update and output.exists():
+        cases = [f"{model_name} {size}" for model_name in args.models.split(",") for size in args.sizes.split(",")]
+        result = updated(json.loads(output.read_text()), result, cases)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.output}")
 
 

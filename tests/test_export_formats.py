@@ -8,6 +8,7 @@ inference (the demo's kind of evaluation), the converted DeepLab2 fixture model,
 model and a tiny classifier.
 """
 
+import collections
 import json
 import os
 import types
@@ -50,6 +51,7 @@ from axial_tf.export import (
 )
 from axial_tf.export import graphs
 from axial_tf.export.formats import LITERT, ONNX, OPENVINO, import_package, layer_of_node
+from axial_tf.layers import runtime_settings
 
 FORMATS = ("onnx", "openvino", "litert")
 DENSE_TOLERANCE = 1e-4  # relative to the largest magnitude of each output
@@ -175,6 +177,33 @@ def test_a_fixed_batch_graph_runs_any_batch_in_parts_and_names_classes():
         model(np.full((1, 4, 5, 3), 300.0))
 
 
+def _op_types(graph):
+    """Counts of the op types of an `ExportGraph`."""
+    return collections.Counter(op.type for op in graph.concrete_function.graph.get_operations())
+
+
+_LOOP_OPS = {"While", "StatelessWhile", "TensorListReserve"}
+
+
+@pytest.mark.full
+def test_export_graphs_hold_no_loop_and_split_attention_only_at_a_fixed_batch(demo_module, tmp_path):
+    """A loop (the attention's chunks, a per-image map) is a TensorList `While` that tf2onnx cannot convert."""
+    module = demo_module.module
+    for host_postprocessing in (False, True):
+        graph = graphs.export_graph(module, batch_size=None, host_postprocessing=host_postprocessing)
+        assert graph.input_spec.shape.as_list() == [None, None, None, 3]
+        assert not set(_op_types(graph)) & _LOOP_OPS, sorted(_op_types(graph))
+    unsplit = _op_types(graphs.export_graph(module, batch_size=2))["Softmax"]
+    # Chunks of at most one 4x4 column's logits: the crop's stage-1 attention must split.
+    with runtime_settings(max_chunk_logits=2 * 8 * 8 * 8):
+        graph = graphs.export_graph(module, batch_size=2)
+        chunked = write_converted(module, tmp_path / "chunked", "onnx", info=demo_module.info, batch_size=2)
+    assert not set(_op_types(graph)) & _LOOP_OPS
+    assert _op_types(graph)["Softmax"] > unsplit, "the attention should be split into unrolled chunks"
+    images = random_images(7, (2, 33, 47, 3))
+    assert_serving_parity(load_exported(chunked)(images), served(module, images), "onnx in chunks")
+
+
 # ----------------------------------------------------------------- converter errors (full)
 
 
@@ -225,12 +254,13 @@ def test_demo_model_exports_match_the_serving_signature(demo_module, export_form
     module = demo_module.module
     fixed = export_format == "litert"
     model = load_exported(write_converted(
-        module, tmp_path / "export", export_format, info=demo_module.info, batch_size=2,
+        module, tmp_path / "export", export_format, info=demo_module.info, batch_size=None,
         input_size=(33, 47) if fixed else None,
     ))
     host_step = "panoptic_postprocessing" if export_format == "onnx" else None
     assert model.format == export_format and model.info["graph"]["host_step"] == host_step
-    batches = [random_images(7, (3, 33, 47, 3))]  # padded to the model input (and run 2 + 1)
+    assert model.info["graph"]["batch_size"] is None  # any number of images per call
+    batches = [random_images(7, (3, 33, 47, 3))]  # padded to the model input, three in one call
     if not fixed:
         batches.append(random_images(8, (1, 96, 40, 3)))  # shrunk
     for images in batches:

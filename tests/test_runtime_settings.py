@@ -24,8 +24,9 @@ from axial_tf.layers import (
 
 def test_defaults_and_validation():
     assert get_runtime_settings() == RuntimeSettings(max_chunk_logits=2**26, max_im2col_elements=2**26)
-    with pytest.raises(ValueError, match="max_chunk_logits must be positive"):
+    with pytest.raises(ValueError, match="max_chunk_logits must be positive or None"):
         RuntimeSettings(max_chunk_logits=0)
+    assert RuntimeSettings(max_chunk_logits=None).max_chunk_logits is None
     with pytest.raises(ValueError, match="max_im2col_elements must be positive or None"):
         with runtime_settings(max_im2col_elements=0):
             pass
@@ -66,6 +67,27 @@ def test_attention_reads_the_chunk_bound_at_call_time(monkeypatch):
         np.testing.assert_allclose(np.asarray(layer(x)), expected, atol=1e-6)
     assert chunked == [2 * 7 * 7 * 2]
     assert "max_chunk_logits" not in layer.get_config()
+
+
+def test_no_chunk_bound_never_loops_even_on_unknown_sizes(monkeypatch):
+    """The bound needs static sizes: traced with unknown ones the layer loops over chunks, unless the
+    bound is None (as when a graph is traced for export, where a loop could not be converted)."""
+    import tensorflow as tf
+
+    chunked = []
+    map_chunks = axial_attention_fast.map_sequence_chunks
+    monkeypatch.setattr(
+        axial_attention_fast, "map_sequence_chunks", lambda *args: chunked.append(args[-1]) or map_chunks(*args)
+    )
+    layer = AxialAttention(8, 12, 2)
+    x = np.random.default_rng(0).normal(size=(4, 7, 6)).astype("float32")
+    expected = np.asarray(layer(x))
+    any_size = [tf.TensorSpec([None, None, 6], tf.float32)]
+    np.testing.assert_allclose(tf.function(layer, input_signature=any_size)(x).numpy(), expected, atol=1e-6)
+    assert chunked == [2**26]
+    with runtime_settings(max_chunk_logits=None):
+        np.testing.assert_allclose(tf.function(layer, input_signature=any_size)(x).numpy(), expected, atol=1e-6)
+    assert chunked == [2**26]
 
 
 @pytest.mark.parametrize(

@@ -107,16 +107,27 @@ class InferencePreprocessor:
         Returns:
             The prediction at the original size, same rank and dtype.
         """
+        return self.restore_batch(prediction[tf.newaxis], meta, kind=kind)[0]
+
+    def restore_batch(self, predictions, meta, kind="label"):
+        """`restore` of the predictions of a batch of images that share one `meta` (one size).
+
+        Args:
+            predictions: [B, height, width] or [B, height, width, C].
+            meta: The images' `meta` (int32 [2] entries).
+            kind: As for `restore`.
+
+        Returns:
+            The predictions at the original size, same rank and dtype.
+        """
         if kind not in _RESTORE_KINDS:
             raise ValueError(f"kind must be one of {_RESTORE_KINDS}, got {kind!r}.")
         valid_size, original_size = meta["valid_size"], meta["original_size"]
-        has_channels = prediction.shape.rank == 3
-        restored = prediction if has_channels else prediction[..., tf.newaxis]
-        restored = restored[: valid_size[0], : valid_size[1]]
+        has_channels = predictions.shape.rank == 4
+        restored = predictions if has_channels else predictions[..., tf.newaxis]  # [B, h, w, C]
+        restored = restored[:, : valid_size[0], : valid_size[1]]
         method = "nearest" if kind == "label" else "bilinear"
-        restored = tf.cast(
-            tf.image.resize(restored, original_size, method=method), prediction.dtype
-        )
+        restored = tf.cast(tf.image.resize(restored, original_size, method=method), predictions.dtype)
         if kind == "offsets":
             ratio = tf.cast(original_size, tf.float32) / tf.cast(valid_size, tf.float32)  # (y, x)
             restored = restored * tf.cast(ratio, restored.dtype)
@@ -161,24 +172,26 @@ def classification_eval_image(image, image_size, crop_fraction=0.875):
     """Center crop and resize: the classification eval/predict/export preprocessing.
 
     Args:
-        image: uint8 or float [H, W, 3] in [0, 255].
+        image: uint8 or float [H, W, 3] in [0, 255], or a batch [B, H, W, 3] of
+            same-sized images.
         image_size: Output side length.
         crop_fraction: Side of the central square crop relative to the
             shorter image side (0.875 is the usual 224/256).
 
     Returns:
-        float32 [image_size, image_size, 3] in [0, 255].
+        float32 [image_size, image_size, 3] (or [B, image_size, image_size, 3]) in [0, 255].
     """
     image = tf.cast(image, tf.float32)
-    shape = tf.shape(image)
-    side = tf.cast(tf.cast(tf.minimum(shape[0], shape[1]), tf.float32) * crop_fraction, tf.int32)
+    height, width = tf.shape(image)[-3], tf.shape(image)[-2]
+    side = tf.cast(tf.cast(tf.minimum(height, width), tf.float32) * crop_fraction, tf.int32)
     side = tf.maximum(side, 1)
-    top = (shape[0] - side) // 2
-    left = (shape[1] - side) // 2
-    crop = image[top : top + side, left : left + side]
+    top = (height - side) // 2
+    left = (width - side) // 2
+    rows, cols = slice(top, top + side), slice(left, left + side)
+    crop = image[:, rows, cols] if image.shape.rank == 4 else image[rows, cols]
     return tf.ensure_shape(
         tf.image.resize(crop, [image_size, image_size], method="bilinear"),
-        [image_size, image_size, 3],
+        [*image.shape[:-3], image_size, image_size, 3],
     )
 
 

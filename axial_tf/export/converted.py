@@ -86,7 +86,8 @@ def write_converted(module, output_dir, export_format, info=None, batch_size=1, 
         output_dir: The folder to write.
         export_format: "onnx", "openvino" or "litert".
         info: The dataset descriptor (dense tasks: the class names).
-        batch_size: Images per call of the graph.
+        batch_size: Images per call of the graph (default 1); None: any number, with no attention
+            split into chunks (see `graphs.py`).
         input_size: (H, W) of the input images; default `default_input_size`.
         overwrite: Replace an earlier converted export at `output_dir`.
         source: What the weights came from (written to the metadata).
@@ -170,11 +171,11 @@ def write_graph(graph, output_dir, export_format, metadata, overwrite=False):
 
 
 def _check_runs(folder, graph):
-    """Runs the written export once on zeros; a `ConversionError` if its runtime cannot."""
+    """Runs the written export once on zeros (2 images where any batch is taken); a `ConversionError` if it cannot."""
     height, width = (side or 32 for side in graph.input_size)
     model = load_exported(folder)
     try:
-        model(np.zeros([graph.batch_size, height, width, 3], np.uint8))
+        model(np.zeros([graph.batch_size or 2, height, width, 3], np.uint8))
     except Exception as error:  # each runtime raises its own error types
         text = str(error).strip().splitlines()
         raise ConversionError(

@@ -7,10 +7,16 @@ outputs are a flat dict of numeric tensors. It differs from the signature in wha
 
   - No request checks: they are string ops (`tf.debugging.Assert` with formatted text) that no
     converter takes; the runtime loader (`runtimes.py`) checks shapes on the host.
-  - A fixed batch N (`batch_size`): with an unknown batch the axial-attention layers trace their
-    chunk loop (`runtime_settings.max_chunk_logits` can only be checked on known sizes), a
-    `While` over a TensorList that tf2onnx cannot convert. The loader runs larger batches N
-    images at a time. H and W may be left unknown (`input_size`), as the formats allow.
+  - No loops (a loop is a `While` over a TensorList that tf2onnx cannot convert): the per-image
+    steps run on the whole batch (`restore_batch`; the classifier's crop), and the attention's
+    chunks (`runtime_settings.max_chunk_logits`) are traced as separate ops (`unroll_chunks`).
+    Chunks need static sizes: with a fixed batch N (`batch_size`, default 1) the network's
+    sizes are all static, whatever H and W (the pre-processing brings every image to the model
+    input size), and its attention memory stays bounded as in TensorFlow. With `batch_size=None`
+    the graph takes any number of images per call and no attention is split: fine for models
+    whose attention fits (at 513 x 513 Axial-DeepLab-S formed 4.2 GB unsplit), not for
+    Axial-DeepLab-S at 1025 x 2049, which passed 14 GB. H and W may be left unknown
+    (`input_size`) where the format allows it.
   - Label maps are restored to the input size by a gather of TensorFlow's own nearest-neighbour
     source rows and columns, not by resizing the int32 map: TFLite has no int32
     ResizeNearestNeighbor. The values are those of `InferencePreprocessor.restore`.
@@ -23,8 +29,8 @@ outputs are a flat dict of numeric tensors. It differs from the signature in wha
   - Classifiers return `classes`, `probabilities` and `logits`; the class names (strings) come
     from the export's metadata.
 
-The graph is traced with `runtime_settings(max_im2col_elements=None, max_chunk_logits=...)` set to
-never split a convolution or an attention, so it holds only the model's math.
+No convolution is split into row bands (`max_im2col_elements=None`): that is a CPU-only branch of
+TensorFlow with oneDNN, and the graph holds only the model's math.
 """
 
 import dataclasses
@@ -49,8 +55,6 @@ HOST_INPUTS = {
 # The panoptic label maps the host computes and restores when the graph ends at the dense outputs.
 HOST_LABELS = ("panoptic_pred", "semantic_pred", "instance_pred")
 CLASSIFICATION_OUTPUTS = ("classes", "probabilities", "logits")
-# Larger than any logit count, so that no attention is split into chunks (a loop) while tracing.
-_NEVER_CHUNK = 2**62
 # What a runtime does after the graph (`ExportGraph.host_step`).
 HOST_POSTPROCESSING = "panoptic_postprocessing"  # post-process the `HOST_INPUTS`, restore with the label rows/cols
 HOST_CLASS_NAMES = "class_names"  # name the `classes` from the export's metadata
@@ -63,7 +67,7 @@ class ExportGraph:
     Attributes:
         function: The `tf.function`, `images` uint8 [N, H, W, 3] -> dict of tensors, traced
             once for its input signature (`concrete_function`).
-        batch_size: N.
+        batch_size: N, or None for any number of images per call.
         input_size: (H, W), None where any size is accepted.
         host_step: What the runtime completes after the graph: None, HOST_POSTPROCESSING or
             HOST_CLASS_NAMES.
@@ -72,7 +76,7 @@ class ExportGraph:
     """
 
     function: object
-    batch_size: int
+    batch_size: int | None
     input_size: tuple
     host_step: str | None = None
     movable_postprocessing: bool = False
@@ -99,7 +103,7 @@ def export_graph(module, batch_size=1, input_size=(None, None), host_postprocess
     Args:
         module: A `PanopticServingModule`, `SemanticServingModule` or
             `ClassificationServingModule`.
-        batch_size: Images per call, N >= 1.
+        batch_size: Images per call, N >= 1; None for any number (no attention split into chunks).
         input_size: (H, W) of the input images; None (per side) for any size.
         host_postprocessing: End a panoptic graph at the dense outputs (see the
             module docstring); the other modules have no post-processing to move.
@@ -111,8 +115,9 @@ def export_graph(module, batch_size=1, input_size=(None, None), host_postprocess
         ValueError: If `batch_size` or `input_size` is not positive.
         TypeError: If `module` is not one of those serving modules.
     """
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"batch_size must be at least 1 (or None: any), got {batch_size}.")
+    batch_size = None if batch_size is None else int(batch_size)
     input_size = tuple(None if side is None else int(side) for side in input_size)
     if len(input_size) != 2 or any(side is not None and side < 1 for side in input_size):
         raise ValueError(f"input_size must be two positive sides (or None), got {input_size}.")
@@ -125,16 +130,17 @@ def export_graph(module, batch_size=1, input_size=(None, None), host_postprocess
         host_step = HOST_POSTPROCESSING if host_postprocessing else None
     else:
         raise TypeError(f"No export graph for a {type(module).__name__}.")
-    spec = tf.TensorSpec([int(batch_size), *input_size, 3], tf.uint8, name=IMAGES)
-    with runtime_settings(max_im2col_elements=None, max_chunk_logits=_NEVER_CHUNK):
+    spec = tf.TensorSpec([batch_size, *input_size, 3], tf.uint8, name=IMAGES)
+    chunks = {"max_chunk_logits": None} if batch_size is None else {}  # chunks need static sizes
+    with runtime_settings(max_im2col_elements=None, unroll_chunks=True, **chunks):
         function = tf.function(body, input_signature=[spec])
         function.get_concrete_function()
-    return ExportGraph(function, int(batch_size), input_size, host_step, movable and not host_postprocessing)
+    return ExportGraph(function, batch_size, input_size, host_step, movable and not host_postprocessing)
 
 
 def _classify(module, images):
     """Top-k classes of each image, with the classifier's evaluation pre-processing."""
-    prepared = tf.stack([module.preprocess(image) for image in tf.unstack(images)])
+    prepared = module.preprocess(images)  # [N, s, s, 3]
     outputs = module.classify(prepared)
     return {name: outputs[name] for name in CLASSIFICATION_OUTPUTS}
 
@@ -185,5 +191,5 @@ def _gather_labels(labels, rows, cols):
 
 
 def _restore(module, values, meta, kind):
-    """`InferencePreprocessor.restore` of float maps [N, h, w, ...], image by image (N is static)."""
-    return tf.stack([module.preprocessor.restore(value, meta, kind=kind) for value in tf.unstack(values)])
+    """Float maps [N, h, w, ...] restored to the input size, as `InferencePreprocessor.restore` restores each."""
+    return module.preprocessor.restore_batch(values, meta, kind=kind)

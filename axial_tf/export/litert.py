@@ -105,12 +105,18 @@ class LiteRTSession:
 
     @property
     def input_shape(self):
-        """The model's input shape (fixed)."""
+        """The shape the interpreter is allocated for (a batch the model leaves open counts as 1 until run)."""
         return tuple(int(side) for side in self._input["shape"])
 
     def run(self, images):
-        """The model's outputs for `images` of its input shape, by name (NumPy)."""
-        self._interpreter.set_tensor(self._input["index"], np.asarray(images, self._input["dtype"]))
+        """The model's outputs for `images` of its input shape (any batch where it leaves the batch open), by name."""
+        images = np.asarray(images, self._input["dtype"])
+        if images.shape != self.input_shape:
+            # Only sides the model left open (-1 in its shape signature) may change; others raise here.
+            self._interpreter.resize_tensor_input(self._input["index"], images.shape, strict=True)
+            self._interpreter.allocate_tensors()
+            self._input = self._interpreter.get_input_details()[0]
+        self._interpreter.set_tensor(self._input["index"], images)
         self._interpreter.invoke()
         return {name: self._interpreter.get_tensor(index) for name, index in self._outputs.items()}
 

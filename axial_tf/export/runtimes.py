@@ -12,9 +12,9 @@ signature for the same images (panoptic: `PANOPTIC_OUTPUTS`; semantic: `SEMANTIC
 classification: classes, probabilities, class_names, logits), to the converters' round-off:
 where the graph ends at the dense outputs (ONNX), the panoptic post-processing runs here, in
 NumPy (`panoptic_postprocess_numpy`), and its label maps are restored to the input size with the
-graph's nearest-neighbour source rows and columns. A converted graph takes a fixed number of
-images per call (`batch_size`): a batch is run that many at a time (the last part padded with
-copies of its last image, whose outputs are dropped).
+graph's nearest-neighbour source rows and columns. A converted graph takes any number of images
+per call, or a fixed number (`batch_size` at export): a batch is then run that many at a time
+(the last part padded with copies of its last image, whose outputs are dropped).
 
 `precision="bfloat16"` runs an OpenVINO export with the CPU plugin's bfloat16 inference hint,
 and a SavedModel in a TensorFlow session whose Grappler rewrites it with oneDNN bfloat16
@@ -68,7 +68,7 @@ class ExportedModel:
         precision: "float32" or "bfloat16": what the runtime computes in (OpenVINO: what its CPU
             plugin chose; it keeps float32 on CPUs without bfloat16).
         info: The export's metadata (`axial_tf_export.json`): task, label space, pre- and
-            post-processing, and for converted formats `graph` (batch size, input size,
+            post-processing, and for converted formats `graph` (batch size or None, input size,
             what the host completes after the graph: `host_step`, output names).
 
     Args:

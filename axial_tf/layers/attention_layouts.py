@@ -19,7 +19,8 @@ Computes no term of the equation; it arranges the operands so that each product 
     Everything else goes through `[N * X, L, C]` sequences (`attend_as_sequences`).
   * Global attention whose logits would exceed the runtime setting `max_chunk_logits` runs on
     chunks of sequences (`map_sequence_chunks`): without it Axial-DeepLab-S at 1025 x 2049
-    formed 8.6 GB of logits per term and crashed inside TensorFlow.
+    formed 8.6 GB of logits per term and crashed inside TensorFlow. The chunks are a loop, or
+    with the setting `unroll_chunks` (graphs to export) separate ops.
 """
 
 import itertools
@@ -27,6 +28,7 @@ from typing import NamedTuple
 
 from keras import ops
 
+from axial_tf.layers.runtime import get_runtime_settings
 from axial_tf.utils.shapes import ceil_div
 
 
@@ -95,7 +97,12 @@ def matmul_by_position(by_position, matrices):
 
 
 def fits_one_chunk(layer, sequences, length, max_chunk_logits):
-    """Whether global attention over `sequences` of `length` (static sizes) forms its logits at once."""
+    """Whether global attention over `sequences` of `length` forms its logits at once.
+
+    Always with `max_chunk_logits` None; otherwise only when the sizes are static and within it.
+    """
+    if max_chunk_logits is None:
+        return True
     static = isinstance(sequences, int) and isinstance(length, int)
     return static and sequences * layer.num_heads * length * length <= max_chunk_logits
 
@@ -155,6 +162,9 @@ def map_sequence_chunks(attend, sequences, output_shape, logits_per_sequence, ma
     count = ops.shape(sequences[0])[0]
     static = isinstance(count, int) and isinstance(logits_per_sequence, int)
     num_chunks, chunk = sequence_chunks(count, logits_per_sequence, max_chunk_logits)
+    if static and get_runtime_settings().unroll_chunks:
+        parts = [attend(tuple(t[start : start + chunk] for t in sequences)) for start in range(0, count, chunk)]
+        return ops.concatenate(parts, axis=0)
     padded = num_chunks * chunk
 
     # One packed tensor (sequences differ only in their last axis): Keras' TF scan cannot

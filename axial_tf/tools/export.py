@@ -5,7 +5,7 @@
     axial-tf-export --config FILE.yaml --checkpoint DIR/checkpoints/ckpt-3000 --output exports/demo/3
     axial-tf-export --keras_model model.keras [--config FILE.yaml] --output exports/demo
     axial-tf-export --model_dir DIR --format onnx|openvino|litert --output exports/demo_onnx \
-        [--batch_size 1] [--input_size H,W]
+        [--batch_size N|any] [--input_size H,W]
 
 With --model_dir the config defaults to MODEL_DIR/config.yaml (saved by training).
 A panoptic model always needs its config (thing classes, label divisor, input
@@ -36,9 +36,12 @@ the version's assets.extra/axial_tf_export.json.
 --format onnx|openvino|litert writes the folder --output (atomically: a failed
 conversion leaves nothing there) holding model.onnx, model.xml + model.bin or
 model.tflite, and axial_tf_export.json. The graph is serving_default's work
-without its request checks: uint8 images [--batch_size, H, W, 3] (default 1; a
-runtime runs larger batches that many at a time) to the same outputs (a
-classifier's class names come from the JSON). H and W are any size for ONNX and
+without its request checks: uint8 images [--batch_size, H, W, 3] (default 1;
+load_exported runs larger batches that many at a time) to the same outputs (a
+classifier's class names come from the JSON). --batch_size any takes any batch
+in one call, but splits no attention into chunks (the chunks need static sizes):
+its memory then grows with the square of the attention length (Axial-DeepLab-S
+at 1025x2049 passed 14 GB), so use it for smaller models and images. H and W are any size for ONNX and
 OpenVINO, and fixed for LiteRT (--input_size, default the model input size);
 --input_size fixes them for the others too. The panoptic post-processing runs in
 the OpenVINO and LiteRT graphs, and on the host (NumPy) for ONNX, whose graph
@@ -67,7 +70,8 @@ flags.DEFINE_multi_string("override", [], "key.sub=value config overrides (e.g. 
 flags.DEFINE_integer("top_k", 5, "Classes returned per image by a classification export.")
 flags.DEFINE_integer("image_size", None, "Classifier input side when exporting a .keras classifier without config.")
 flags.DEFINE_enum("format", "saved_model", ["saved_model", "onnx", "openvino", "litert"], "What to export.")
-flags.DEFINE_integer("batch_size", 1, "Images per call of an ONNX, OpenVINO or LiteRT graph.")
+flags.DEFINE_string("batch_size", "1", "Images per call of an ONNX, OpenVINO or LiteRT graph, or 'any' (no "
+                    "attention split into chunks then: for models whose attention fits memory unsplit).")
 flags.DEFINE_string("input_size", None, "H,W of the images an ONNX, OpenVINO or LiteRT graph takes (default: any "
                     "size; LiteRT: the model input size).")
 flags.DEFINE_bool("overwrite", False, "Replace an earlier export at --output (only an export of the same kind: a "
@@ -100,13 +104,23 @@ def _input_size(text):
     return tuple(int(side) for side in sides)
 
 
+def _batch_size(text):
+    """--batch_size "N" or "any" as a positive int or None."""
+    if text.strip().lower() == "any":
+        return None
+    if not text.strip().isdigit() or int(text) < 1:
+        raise app.UsageError(f"--batch_size must be a positive integer or 'any', got {text!r}.")
+    return int(text)
+
+
 def _describe_converted(folder):
     from axial_tf.export import load_exported
 
     graph = load_exported(folder).info["graph"]
     shape = ", ".join("?" if side is None else str(side) for side in [graph["batch_size"], *graph["input_size"], 3])
+    parts = f" (load_exported runs any batch in parts of {graph['batch_size']})" if graph["batch_size"] else ""
     return (
-        f"  input  images  uint8  [{shape}] (load_exported runs any batch in parts of {graph['batch_size']})\n"
+        f"  input  images  uint8  [{shape}]{parts}\n"
         f"  outputs {', '.join(graph['outputs'])}\n"
         f"  completed on the host (load_exported): {graph['host_step'] or 'nothing'}"
     )
@@ -123,6 +137,7 @@ def main(argv):
     if not FLAGS.output:
         raise app.UsageError("--output is required.")
     input_size = _input_size(FLAGS.input_size)
+    batch_size = _batch_size(FLAGS.batch_size)
     import tensorflow as tf
 
     from axial_tf.experiment.config import ConfigError, experiment_config_for
@@ -159,7 +174,7 @@ def main(argv):
         if FLAGS.format == SAVED_MODEL:
             module, saved_model_dir = export_model(FLAGS.output, **sources)
         else:
-            _, folder = export_converted(FLAGS.output, FLAGS.format, batch_size=FLAGS.batch_size,
+            _, folder = export_converted(FLAGS.output, FLAGS.format, batch_size=batch_size,
                                          input_size=input_size, **sources)
             print(f"Wrote {FLAGS.format} export {folder}:\n{_describe_converted(folder)}")
             return

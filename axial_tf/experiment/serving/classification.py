@@ -73,7 +73,7 @@ class ClassificationServingModule(ServingModule):
         }
 
     def preprocess(self, image):
-        """Evaluation preprocessing of one uint8 [H, W, 3] image -> float32 [s, s, 3]."""
+        """Evaluation preprocessing of one uint8 [H, W, 3] image -> float32 [s, s, 3] (or of a same-sized batch)."""
         return classification_eval_image(image, self._image_size, self._crop_fraction)
 
     def classify(self, prepared):
