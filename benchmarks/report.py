@@ -561,6 +561,25 @@ same format's float32 map on the benchmark image. ONNX Runtime and LiteRT offer 
         "\n\n" + _serving_fastest(run["rows"]) + failures)
 
 
+def bfloat16_accuracy_section(path=None):
+    """The bfloat16 accuracy section: `benchmarks/bfloat16_accuracy.py`'s JSON (default: results/bfloat16_accuracy.json)."""
+    path = pathlib.Path(path or BENCH_DIR / "results" / "bfloat16_accuracy.json")
+    title = "## bfloat16 serving accuracy on a trained model (`benchmarks/bfloat16_accuracy.py`, run separately)\n\n"
+    if not path.exists():
+        return title + "Not measured yet: run `./run demo`, then `python benchmarks/bfloat16_accuracy.py`."
+    run = json.loads(path.read_text())
+    rows = [[row["format"], row["precision"], row["precision_used"], f"{row['pq']:.4f}", f"{row['sq']:.4f}",
+             f"{row['rq']:.4f}", f"{row['miou']:.4f}",
+             f"{row['pixels_differing_from_float32']:,} of {row['pixels']:,}"] for row in run["rows"]]
+    return title + f"""From `{path.name}`: {datetime.datetime.fromisoformat(run['started']):%Y-%m-%d %H:%M} on \
+{run['versions'].get('cpu', '?')}; the run `{run['model_dir']}` scored on the {run['images']} images of \
+{run['dataset']} {run['split']} through `load_exported(..., precision=...)`. Command: `{run['command']}`. \
+"computes in" is what the runtime chose (OpenVINO keeps float32 on CPUs without bfloat16); the last column \
+counts the panoptic pixels that differ from the same format's float32 prediction.
+
+""" + _table(["format", "precision", "computes in", "PQ", "SQ", "RQ", "mIoU", "panoptic px ≠ float32"], rows)
+
+
 def _problems(results):
     failed = [(section, " ".join(args), status) for section, args, _, status in results if status != "ok"]
     if not failed:
@@ -597,6 +616,7 @@ def write_report(path, results, versions, quick, started, elapsed_seconds, load,
         _demo_section(),
         gpu_section(),
         serving_section(),
+        bfloat16_accuracy_section(),
         _problems(results),
     ]
     pathlib.Path(path).write_text("\n\n".join(sections) + "\n")

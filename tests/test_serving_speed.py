@@ -46,6 +46,41 @@ def test_report_renders_ratios_against_the_saved_model(tmp_path):
 
 def test_report_says_not_measured_without_results(tmp_path):
     assert "Not measured yet" in report.serving_section(tmp_path / "missing.json")
+    assert "Not measured yet" in report.bfloat16_accuracy_section(tmp_path / "missing.json")
+
+
+def test_an_update_replaces_only_the_cases_measured_again():
+    import serving_speed
+
+    settings = {"rounds": 3, "calls": 2, "threads": 2, "batch": 1}
+    run = {"started": "2026-01-02T03:04:05", "elapsed_seconds": 60.0, "load": ["1", "1"], "command": "first",
+           "settings": settings}
+
+    def case(model, size, median_ms):
+        return {"model": model, "size": size, "median_ms": median_ms}
+
+    earlier = {**run, "rows": [case("s", [513, 513], 1.0), case("s", [1025, 2049], 2.0)],
+               "exports": [case("s", [513, 513], 0)], "failures": ["s 1025x2049 export: stopped", "s 513x513 x: y"]}
+    later = {**run, "started": "2026-01-03T00:00:00", "command": "second", "rows": [case("s", [1025, 2049], 3.0)],
+             "exports": [case("s", [1025, 2049], 0)], "failures": []}
+    merged = serving_speed.updated(earlier, later, ["s 1025x2049"])
+    assert [row["median_ms"] for row in merged["rows"]] == [1.0, 3.0]
+    assert [export["size"] for export in merged["exports"]] == [[513, 513], [1025, 2049]]
+    assert merged["failures"] == ["s 513x513 x: y"] and merged["command"] == "first"
+    assert merged["updates"][0]["command"] == "second" and merged["updates"][0]["cases"] == ["s 1025x2049"]
+
+
+def test_report_renders_bfloat16_accuracy(tmp_path):
+    path = tmp_path / "bfloat16_accuracy.json"
+    row = {"format": "openvino", "pq": 0.75, "sq": 0.8, "rq": 0.9, "miou": 0.7, "pixels": 4096}
+    path.write_text(json.dumps({
+        "started": "2026-01-02T03:04:05", "model_dir": "runs/demo", "command": "python benchmarks/bfloat16_accuracy.py",
+        "dataset": "panoptic_shapes/small", "split": "validation", "images": 2, "versions": {"cpu": "Test CPU"},
+        "rows": [{**row, "precision": "float32", "precision_used": "float32", "pixels_differing_from_float32": 0},
+                 {**row, "precision": "bfloat16", "precision_used": "bfloat16", "pq": 0.74,
+                  "pixels_differing_from_float32": 12}]}))
+    section = report.bfloat16_accuracy_section(path)
+    assert "| openvino | bfloat16 | bfloat16 | 0.7400 | 0.8000 | 0.9000 | 0.7000 | 12 of 4,096 |" in section
 
 
 # A benchmark's own run (exports in four formats, six timed processes: ~80 s of CPU): the slow tier,
@@ -66,3 +101,21 @@ def test_tiny_run_writes_every_variant(tmp_path):
         assert 0 <= rows[variant]["panoptic_pixels_differing_from_float32"] <= rows[variant]["pixels"] == 65 * 65
     section = report.serving_section(output)
     assert "| tiny | 65 x 65 | litert | float32 |" in section and "fastest float32 path" in section
+
+
+@pytest.mark.slow
+def test_bfloat16_accuracy_scores_every_format_and_precision(tmp_path):
+    from test_export import tiny_panoptic_config, write_training_run
+
+    write_training_run(tmp_path / "run", tiny_panoptic_config(tmp_path / "tfds"))
+    output = tmp_path / "bfloat16_accuracy.json"
+    subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "bfloat16_accuracy.py"), "--model_dir",
+                    str(tmp_path / "run"), "--output", str(output)], check=True, cwd=REPO_ROOT, capture_output=True,
+                   timeout=900)
+    run = json.loads(output.read_text())
+    assert [(row["format"], row["precision"]) for row in run["rows"]] == [
+        (export_format, precision) for export_format in ("saved_model", "openvino") for precision in ("float32", "bfloat16")]
+    float32 = [row for row in run["rows"] if row["precision"] == "float32"]
+    assert all(row["pixels_differing_from_float32"] == 0 for row in float32)
+    assert float32[0]["pq"] == float32[1]["pq"]  # OpenVINO's float32 maps are TensorFlow's
+    assert "| openvino | bfloat16 |" in report.bfloat16_accuracy_section(output)

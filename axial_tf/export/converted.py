@@ -86,8 +86,7 @@ def write_converted(module, output_dir, export_format, info=None, batch_size=1, 
         output_dir: The folder to write.
         export_format: "onnx", "openvino" or "litert".
         info: The dataset descriptor (dense tasks: the class names).
-        batch_size: Images per call of the graph (default 1); None: any number, with no attention
-            split into chunks (see `graphs.py`).
+        batch_size: Images per call of the graph (default 1); None: any number.
         input_size: (H, W) of the input images; default `default_input_size`.
         overwrite: Replace an earlier converted export at `output_dir`.
         source: What the weights came from (written to the metadata).

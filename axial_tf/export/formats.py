@@ -9,7 +9,8 @@
 
 * except with `instance_numbering: by_first_appearance` (DeepLab2's TF merge, the Cityscapes
 presets): OpenVINO has no UnsortedSegmentMin, and `write_converted` moves the post-processing to
-the host (the metadata's `host_postprocessing_because` says so).
+the host (the metadata's `host_postprocessing_because` says so); and for LiteRT with any batch
+(`batch_size=None`): its converter takes the post-processing's strided slices at a fixed batch only.
 
 The converted formats (all but `saved_model`) are written as a folder holding the model file(s)
 and `axial_tf_export.json` (`EXPORT_INFO_FILENAME`: label space, pre- and post-processing, batch

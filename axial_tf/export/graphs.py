@@ -7,16 +7,14 @@ outputs are a flat dict of numeric tensors. It differs from the signature in wha
 
   - No request checks: they are string ops (`tf.debugging.Assert` with formatted text) that no
     converter takes; the runtime loader (`runtimes.py`) checks shapes on the host.
-  - No loops (a loop is a `While` over a TensorList that tf2onnx cannot convert): the per-image
-    steps run on the whole batch (`restore_batch`; the classifier's crop), and the attention's
-    chunks (`runtime_settings.max_chunk_logits`) are traced as separate ops (`unroll_chunks`).
-    Chunks need static sizes: with a fixed batch N (`batch_size`, default 1) the network's
-    sizes are all static, whatever H and W (the pre-processing brings every image to the model
-    input size), and its attention memory stays bounded as in TensorFlow. With `batch_size=None`
-    the graph takes any number of images per call and no attention is split: fine for models
-    whose attention fits (at 513 x 513 Axial-DeepLab-S formed 4.2 GB unsplit), not for
-    Axial-DeepLab-S at 1025 x 2049, which passed 14 GB. H and W may be left unknown
-    (`input_size`) where the format allows it.
+  - No loops (a loop is a `While` over a TensorList that tf2onnx cannot convert): no attention
+    is split into chunks (`runtime_settings(max_chunk_logits=None)`; the chunk bound needs
+    static sizes and would trace a loop otherwise), and the per-image steps run on the whole
+    batch (`restore_batch`; the classifier's crop). So the batch may be fixed (`batch_size`,
+    default 1) or left open (`batch_size=None`: any number of images per call), and H and W
+    left unknown (`input_size`) where the format allows it. Unsplit attention bounds the model
+    sizes that convert: Axial-DeepLab-S at 1025 x 2049 (attention over 513 and 1025 positions)
+    took tf2onnx past 12 GB within 50 s; MaX-S-backbone models at that size convert.
   - Label maps are restored to the input size by a gather of TensorFlow's own nearest-neighbour
     source rows and columns, not by resizing the int32 map: TFLite has no int32
     ResizeNearestNeighbor. The values are those of `InferencePreprocessor.restore`.
@@ -29,8 +27,8 @@ outputs are a flat dict of numeric tensors. It differs from the signature in wha
   - Classifiers return `classes`, `probabilities` and `logits`; the class names (strings) come
     from the export's metadata.
 
-No convolution is split into row bands (`max_im2col_elements=None`): that is a CPU-only branch of
-TensorFlow with oneDNN, and the graph holds only the model's math.
+No convolution is split into row bands either (`max_im2col_elements=None`, a CPU-only branch of
+TensorFlow with oneDNN): the graph holds only the model's math.
 """
 
 import dataclasses
@@ -103,7 +101,7 @@ def export_graph(module, batch_size=1, input_size=(None, None), host_postprocess
     Args:
         module: A `PanopticServingModule`, `SemanticServingModule` or
             `ClassificationServingModule`.
-        batch_size: Images per call, N >= 1; None for any number (no attention split into chunks).
+        batch_size: Images per call, N >= 1; None for any number.
         input_size: (H, W) of the input images; None (per side) for any size.
         host_postprocessing: End a panoptic graph at the dense outputs (see the
             module docstring); the other modules have no post-processing to move.
@@ -131,8 +129,7 @@ def export_graph(module, batch_size=1, input_size=(None, None), host_postprocess
     else:
         raise TypeError(f"No export graph for a {type(module).__name__}.")
     spec = tf.TensorSpec([batch_size, *input_size, 3], tf.uint8, name=IMAGES)
-    chunks = {"max_chunk_logits": None} if batch_size is None else {}  # chunks need static sizes
-    with runtime_settings(max_im2col_elements=None, unroll_chunks=True, **chunks):
+    with runtime_settings(max_im2col_elements=None, max_chunk_logits=None):
         function = tf.function(body, input_signature=[spec])
         function.get_concrete_function()
     return ExportGraph(function, batch_size, input_size, host_step, movable and not host_postprocessing)

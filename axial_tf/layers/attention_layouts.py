@@ -19,8 +19,7 @@ Computes no term of the equation; it arranges the operands so that each product 
     Everything else goes through `[N * X, L, C]` sequences (`attend_as_sequences`).
   * Global attention whose logits would exceed the runtime setting `max_chunk_logits` runs on
     chunks of sequences (`map_sequence_chunks`): without it Axial-DeepLab-S at 1025 x 2049
-    formed 8.6 GB of logits per term and crashed inside TensorFlow. The chunks are a loop, or
-    with the setting `unroll_chunks` (graphs to export) separate ops.
+    formed 8.6 GB of logits per term and crashed inside TensorFlow.
 """
 
 import itertools
@@ -28,7 +27,6 @@ from typing import NamedTuple
 
 from keras import ops
 
-from axial_tf.layers.runtime import get_runtime_settings
 from axial_tf.utils.shapes import ceil_div
 
 
@@ -162,9 +160,6 @@ def map_sequence_chunks(attend, sequences, output_shape, logits_per_sequence, ma
     count = ops.shape(sequences[0])[0]
     static = isinstance(count, int) and isinstance(logits_per_sequence, int)
     num_chunks, chunk = sequence_chunks(count, logits_per_sequence, max_chunk_logits)
-    if static and get_runtime_settings().unroll_chunks:
-        parts = [attend(tuple(t[start : start + chunk] for t in sequences)) for start in range(0, count, chunk)]
-        return ops.concatenate(parts, axis=0)
     padded = num_chunks * chunk
 
     # One packed tensor (sequences differ only in their last axis): Keras' TF scan cannot

@@ -10,11 +10,8 @@ knobs below change speed and memory, never a result; they are read when a layer 
     1025 x 2049 formed 1025 x 8 x 513 x 513 logits (8.6 GB per term) and crashed inside
     TensorFlow; at 513 x 513 the bound takes working memory from 4.2 to 2.3 GB (latency
     2.8 -> 3.3 s). `None` never splits: the attention is one product whatever the sizes,
-    also when they are unknown while tracing.
-  * `unroll_chunks` (default False): those chunks are separate ops in the graph, not a loop
-    (`ops.scan`), where the sizes are static. Graphs traced for export set it: a loop is a
-    TensorList `While` that tf2onnx cannot convert, and without chunks a converted
-    Axial-DeepLab-S at 1025 x 2049 passed 14 GB while checking its export.
+    also when they are unknown while tracing (graphs traced for export: the chunk loop is a
+    TensorList `While` that tf2onnx cannot convert).
   * `max_im2col_elements` (default 2**26): on TensorFlow with oneDNN, on the CPU, a dense
     `ConvBN` convolution whose im2col buffer (`in_channels * k^2 * out_height * out_width`)
     would exceed this runs as one call on a batch of overlapping row bands. Past 1 GB of
@@ -63,7 +60,6 @@ class RuntimeSettings:
     Args:
         max_chunk_logits: most logit elements of one similarity term that global
             `AxialAttention` forms at once; `None` never splits.
-        unroll_chunks: trace those chunks as separate ops instead of a loop (static sizes).
         max_im2col_elements: a dense `ConvBN` convolution on TensorFlow + oneDNN on the
             CPU whose im2col buffer would be larger runs on row bands; `None` never does.
         fold_batch_norms: fold `ConvBN` batch norms that use moving statistics into the
@@ -77,7 +73,6 @@ class RuntimeSettings:
     max_chunk_logits: int | None = 2**26
     max_im2col_elements: int | None = 2**26
     fold_batch_norms: bool = True
-    unroll_chunks: bool = False
 
     def __post_init__(self):
         if self.max_chunk_logits is not None and self.max_chunk_logits < 1:

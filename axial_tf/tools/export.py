@@ -38,14 +38,15 @@ conversion leaves nothing there) holding model.onnx, model.xml + model.bin or
 model.tflite, and axial_tf_export.json. The graph is serving_default's work
 without its request checks: uint8 images [--batch_size, H, W, 3] (default 1;
 load_exported runs larger batches that many at a time) to the same outputs (a
-classifier's class names come from the JSON). --batch_size any takes any batch
-in one call, but splits no attention into chunks (the chunks need static sizes):
-its memory then grows with the square of the attention length (Axial-DeepLab-S
-at 1025x2049 passed 14 GB), so use it for smaller models and images. H and W are any size for ONNX and
+classifier's class names come from the JSON); --batch_size any takes any batch
+in one call. The graph splits no attention into chunks (their loop would not
+convert), so its memory grows with the square of the attention length:
+Axial-DeepLab-S at 1025x2049 does not convert on a 24 GB machine (the SavedModel
+serves it); the MaX-S-backbone model at that size does. H and W are any size for ONNX and
 OpenVINO, and fixed for LiteRT (--input_size, default the model input size);
 --input_size fixes them for the others too. The panoptic post-processing runs in
 the OpenVINO and LiteRT graphs, and on the host (NumPy) for ONNX, whose graph
-ends at the dense outputs. Run any export with axial_tf.export.load_exported.
+ends at the dense outputs (and for LiteRT with --batch_size any). Run any export with axial_tf.export.load_exported.
 A model the converter cannot express stops with one line naming the op and its
 layer; a missing converter names the pip extra (pip install 'axial_tf[onnx]').
 """
@@ -70,8 +71,7 @@ flags.DEFINE_multi_string("override", [], "key.sub=value config overrides (e.g. 
 flags.DEFINE_integer("top_k", 5, "Classes returned per image by a classification export.")
 flags.DEFINE_integer("image_size", None, "Classifier input side when exporting a .keras classifier without config.")
 flags.DEFINE_enum("format", "saved_model", ["saved_model", "onnx", "openvino", "litert"], "What to export.")
-flags.DEFINE_string("batch_size", "1", "Images per call of an ONNX, OpenVINO or LiteRT graph, or 'any' (no "
-                    "attention split into chunks then: for models whose attention fits memory unsplit).")
+flags.DEFINE_string("batch_size", "1", "Images per call of an ONNX, OpenVINO or LiteRT graph, or 'any'.")
 flags.DEFINE_string("input_size", None, "H,W of the images an ONNX, OpenVINO or LiteRT graph takes (default: any "
                     "size; LiteRT: the model input size).")
 flags.DEFINE_bool("overwrite", False, "Replace an earlier export at --output (only an export of the same kind: a "
