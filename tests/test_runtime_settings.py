@@ -53,12 +53,19 @@ def test_context_nests_restores_and_reaches_other_threads():
     assert seen_by_thread == [RuntimeSettings(max_chunk_logits=100, max_im2col_elements=None)]
 
 
-def test_attention_reads_the_chunk_bound_at_call_time(monkeypatch):
-    chunked = []
+@pytest.fixture
+def chunk_bounds(monkeypatch):
+    """The `max_chunk_logits` of every chunk loop the attention layers trace or run, in order."""
+    bounds = []
     map_chunks = axial_attention_fast.map_sequence_chunks
     monkeypatch.setattr(
-        axial_attention_fast, "map_sequence_chunks", lambda *args: chunked.append(args[-1]) or map_chunks(*args)
+        axial_attention_fast, "map_sequence_chunks", lambda *args: bounds.append(args[-1]) or map_chunks(*args)
     )
+    return bounds
+
+
+def test_attention_reads_the_chunk_bound_at_call_time(chunk_bounds):
+    chunked = chunk_bounds
     layer = AxialAttention(8, 12, 2)
     x = np.random.default_rng(0).normal(size=(4, 7, 6)).astype("float32")
     expected = np.asarray(layer(x))
@@ -69,16 +76,12 @@ def test_attention_reads_the_chunk_bound_at_call_time(monkeypatch):
     assert "max_chunk_logits" not in layer.get_config()
 
 
-def test_no_chunk_bound_never_loops_even_on_unknown_sizes(monkeypatch):
+def test_no_chunk_bound_never_loops_even_on_unknown_sizes(chunk_bounds):
     """The bound needs static sizes: traced with unknown ones the layer loops over chunks, unless the
     bound is None (as when a graph is traced for export, where a loop could not be converted)."""
     import tensorflow as tf
 
-    chunked = []
-    map_chunks = axial_attention_fast.map_sequence_chunks
-    monkeypatch.setattr(
-        axial_attention_fast, "map_sequence_chunks", lambda *args: chunked.append(args[-1]) or map_chunks(*args)
-    )
+    chunked = chunk_bounds
     layer = AxialAttention(8, 12, 2)
     x = np.random.default_rng(0).normal(size=(4, 7, 6)).astype("float32")
     expected = np.asarray(layer(x))

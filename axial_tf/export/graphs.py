@@ -158,15 +158,15 @@ def _segment(module, images, host_postprocessing):
         dense = predict_dense(module.model, prepared, module.scales, module.flip)
         semantic_pred = tf.argmax(dense["semantic_probs"], axis=-1, output_type=tf.int32)  # [N, h, w]
         if host_postprocessing:
-            restored = {name: _restore(module, dense[name], meta, kind) for name, kind in PANOPTIC_OUTPUTS.items()
-                        if kind != "label"}
+            restored = {name: module.preprocessor.restore_batch(dense[name], meta, kind=kind)
+                        for name, kind in PANOPTIC_OUTPUTS.items() if kind != "label"}
             model_maps = {"model_semantic_pred": semantic_pred, "model_center_heatmap": dense["center_heatmap"],
                           "model_offset_map": dense["offset_map"]}
             return {**restored, **model_maps, LABEL_ROWS: rows, LABEL_COLS: cols}
         predictions, kinds = {**dense, "semantic_pred": semantic_pred}, SEMANTIC_OUTPUTS
     return {
         name: _gather_labels(predictions[name], rows, cols) if kind == "label"
-        else _restore(module, predictions[name], meta, kind)
+        else module.preprocessor.restore_batch(predictions[name], meta, kind=kind)
         for name, kind in kinds.items()
     }
 
@@ -185,8 +185,3 @@ def _nearest_sources(valid_length, original_length):
 def _gather_labels(labels, rows, cols):
     """Label maps [N, h, w] restored to [N, H, W] by their nearest-neighbour source `rows` [H] and `cols` [W]."""
     return tf.gather(tf.gather(labels, rows, axis=1), cols, axis=2)
-
-
-def _restore(module, values, meta, kind):
-    """Float maps [N, h, w, ...] restored to the input size, as `InferencePreprocessor.restore` restores each."""
-    return module.preprocessor.restore_batch(values, meta, kind=kind)
